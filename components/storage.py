@@ -1,0 +1,251 @@
+"""One storage layer for local paths and s3:// URIs.
+
+Every step reads and writes through these functions, so a run moves between a laptop
+(plain directories) and EKS (S3) by changing a URI, not code. S3 access uses boto3's
+standard credential chain; `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) points it at an
+S3-compatible store. Transfers are multipart with retries and backoff.
+
+A directory is complete only when its manifest (file list, sizes, sha256) has been
+written last. `publish_dir` writes it; `require_complete` refuses a directory without
+one, so a crashed writer never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "_MANIFEST.json"
+_MULTIPART_THRESHOLD = 64 * 1024 * 1024
+_MULTIPART_CHUNK = 64 * 1024 * 1024
+
+
+class IncompleteDirectoryError(RuntimeError):
+    """A directory has no manifest, or its files do not match it."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or s3:// URI."""
+    if is_s3(uri):
+        return "/".join([uri.rstrip("/"), *(part.strip("/") for part in parts)])
+    return str(Path(uri).joinpath(*parts))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"not an s3:// URI with a bucket: {uri!r}")
+    return bucket, key
+
+
+@cache
+def _s3_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 10, "mode": "adaptive"})
+    return boto3.client("s3", config=config)
+
+
+def _transfer_config() -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_MULTIPART_CHUNK)
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = split_s3(uri)
+    response = _s3_client().list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/"), MaxKeys=1)
+    return response.get("KeyCount", 0) > 0
+
+
+def read_text(uri: str) -> str:
+    if not is_s3(uri):
+        return Path(uri).read_text(encoding="utf-8")
+    bucket, key = split_s3(uri)
+    return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    if not is_s3(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_text(text, encoding="utf-8")
+        return
+    bucket, key = split_s3(uri)
+    _s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+
+
+def download_file(uri: str, local_path: str | Path) -> Path:
+    local_path = Path(local_path)
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_client().download_file(bucket, key, str(local_path), Config=_transfer_config())
+    elif Path(uri).resolve() != local_path.resolve():
+        shutil.copyfile(uri, local_path)
+    return local_path
+
+
+def upload_file(local_path: str | Path, uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config())
+    elif Path(uri).resolve() != Path(local_path).resolve():
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_path, uri)
+
+
+def _list_s3(uri: str) -> list[str]:
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/"
+    keys: list[str] = []
+    for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
+    return keys
+
+
+# --- manifests -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: list[FileEntry]
+    created_at: str
+    producer: str
+    metadata: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        """One sha256 over every file's path and hash: the directory's identity."""
+        joined = "\n".join(f"{entry.path}:{entry.sha256}" for entry in self.files)
+        return hashlib.sha256(joined.encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "digest": self.digest}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        return cls(
+            files=[FileEntry(**entry) for entry in data["files"]],
+            created_at=data["created_at"],
+            producer=data["producer"],
+            metadata=data.get("metadata", {}),
+        )
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_manifest(local_dir: str | Path, producer: str, metadata: dict[str, Any] | None = None) -> Manifest:
+    root = Path(local_dir)
+    files = [
+        FileEntry(path=path.relative_to(root).as_posix(), size=path.stat().st_size, sha256=sha256_file(path))
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    ]
+    return Manifest(
+        files=files,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        producer=producer,
+        metadata=metadata or {},
+    )
+
+
+def publish_dir(
+    local_dir: str | Path, uri: str, producer: str, metadata: dict[str, Any] | None = None
+) -> Manifest:
+    """Copy a finished local directory to `uri` (if elsewhere) and write its manifest last."""
+    manifest = build_manifest(local_dir, producer, metadata)
+    same_place = not is_s3(uri) and Path(uri).resolve() == Path(local_dir).resolve()
+    if not same_place:
+        for entry in manifest.files:
+            upload_file(Path(local_dir) / entry.path, join(uri, entry.path))
+    write_text(join(uri, MANIFEST_NAME), manifest.to_json())
+    log.info("published %d files to %s", len(manifest.files), uri)
+    return manifest
+
+
+def read_manifest(uri: str) -> Manifest:
+    manifest_uri = join(uri, MANIFEST_NAME)
+    if not exists(manifest_uri):
+        raise IncompleteDirectoryError(
+            f"{uri} has no {MANIFEST_NAME}: it is incomplete (its writer did not finish) or not an llmft output"
+        )
+    return Manifest.from_json(read_text(manifest_uri))
+
+
+def require_complete(uri: str) -> Manifest:
+    """Return the manifest of a complete directory; raise if any listed file is missing or resized."""
+    manifest = read_manifest(uri)
+    if not is_s3(uri):
+        for entry in manifest.files:
+            path = Path(uri) / entry.path
+            if not path.is_file() or path.stat().st_size != entry.size:
+                raise IncompleteDirectoryError(f"{path} is missing or does not match {MANIFEST_NAME}")
+    else:
+        present = set(_list_s3(uri))
+        missing = [entry.path for entry in manifest.files if entry.path not in present]
+        if missing:
+            raise IncompleteDirectoryError(f"{uri} lacks {len(missing)} files listed in its manifest: {missing[:5]}")
+    return manifest
+
+
+def localize_dir(uri: str, cache_root: str | Path | None = None) -> Path:
+    """Return a local directory holding the complete directory at `uri` (downloaded if on S3)."""
+    manifest = require_complete(uri)
+    if not is_s3(uri):
+        return Path(uri)
+    cache_root = Path(cache_root or os.environ.get("LLMFT_CACHE", tempfile.gettempdir()))
+    local = cache_root / "llmft-cache" / manifest.digest
+    if (local / MANIFEST_NAME).exists():
+        return local
+    staging = Path(tempfile.mkdtemp(dir=cache_root))
+    for entry in manifest.files:
+        download_file(join(uri, entry.path), staging / entry.path)
+        if sha256_file(staging / entry.path) != entry.sha256:
+            raise IncompleteDirectoryError(f"{join(uri, entry.path)} does not match its sha256 in the manifest")
+    (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(local)
+    return local
+
+
+def localize_file(uri: str, cache_root: str | Path | None = None) -> Path:
+    """Return a local path for a single file (downloaded if on S3)."""
+    if not is_s3(uri):
+        if not Path(uri).is_file():
+            raise FileNotFoundError(f"input file not found: {uri}")
+        return Path(uri)
+    cache_root = Path(cache_root or os.environ.get("LLMFT_CACHE", tempfile.gettempdir()))
+    bucket, key = split_s3(uri)
+    return download_file(uri, cache_root / "llmft-cache" / "files" / bucket / key)
