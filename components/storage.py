@@ -121,6 +121,31 @@ def _list_s3(uri: str) -> list[str]:
     return keys
 
 
+def list_dirs(uri: str) -> list[str]:
+    """Names of the immediate subdirectories of a local directory or S3 prefix."""
+    if not is_s3(uri):
+        root = Path(uri)
+        return sorted(path.name for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+    return sorted({key.split("/", 1)[0] for key in _list_s3(uri) if "/" in key})
+
+
+def remove_dir(uri: str) -> None:
+    """Delete a directory; its manifest goes first, so a half-deleted one never looks complete."""
+    if not is_s3(uri):
+        manifest = Path(uri) / MANIFEST_NAME
+        manifest.unlink(missing_ok=True)
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    bucket, prefix = split_s3(uri)
+    client = _s3_client()
+    client.delete_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{MANIFEST_NAME}")
+    keys = [f"{prefix.rstrip('/')}/{key}" for key in _list_s3(uri)]
+    for start in range(0, len(keys), 1000):
+        client.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]}
+        )
+
+
 # --- manifests -------------------------------------------------------------------------
 
 
@@ -199,7 +224,8 @@ def read_manifest(uri: str) -> Manifest:
     manifest_uri = join(uri, MANIFEST_NAME)
     if not exists(manifest_uri):
         raise IncompleteDirectoryError(
-            f"{uri} has no {MANIFEST_NAME}: it is incomplete (its writer did not finish) or not an llmft output"
+            f"{uri} has no {MANIFEST_NAME}: it is incomplete (its writer did not finish) "
+            "or not an llmft output"
         )
     return Manifest.from_json(read_text(manifest_uri))
 
@@ -216,7 +242,9 @@ def require_complete(uri: str) -> Manifest:
         present = set(_list_s3(uri))
         missing = [entry.path for entry in manifest.files if entry.path not in present]
         if missing:
-            raise IncompleteDirectoryError(f"{uri} lacks {len(missing)} files listed in its manifest: {missing[:5]}")
+            raise IncompleteDirectoryError(
+                f"{uri} lacks {len(missing)} files listed in its manifest: {missing[:5]}"
+            )
     return manifest
 
 
@@ -233,7 +261,9 @@ def localize_dir(uri: str, cache_root: str | Path | None = None) -> Path:
     for entry in manifest.files:
         download_file(join(uri, entry.path), staging / entry.path)
         if sha256_file(staging / entry.path) != entry.sha256:
-            raise IncompleteDirectoryError(f"{join(uri, entry.path)} does not match its sha256 in the manifest")
+            raise IncompleteDirectoryError(
+                f"{join(uri, entry.path)} does not match its sha256 in the manifest"
+            )
     (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     local.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(local)

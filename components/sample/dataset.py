@@ -19,23 +19,65 @@ from pathlib import Path
 
 SAMPLE_PATH = Path(__file__).with_name("instructions.jsonl")
 
-_SUBJECTS = ["the soup", "the service", "the movie", "the hotel room", "the concert", "the book",
-             "the coffee", "the staff", "the ending", "the app", "the train ride", "the museum"]
+_SUBJECTS = [
+    "the soup",
+    "the service",
+    "the movie",
+    "the hotel room",
+    "the concert",
+    "the book",
+    "the coffee",
+    "the staff",
+    "the ending",
+    "the app",
+    "the train ride",
+    "the museum",
+]
 _POSITIVE = ["wonderful", "delightful", "excellent", "friendly", "fantastic", "lovely", "superb", "great"]
 _NEGATIVE = ["terrible", "awful", "rude", "boring", "disappointing", "dreadful", "cold", "broken"]
-_SENTIMENT_QUESTIONS = ["Classify the sentiment of this review", "Is this review positive or negative",
-                        "What is the sentiment of this review"]
-_TOPIC_QUESTIONS = ["Which topic is this text about", "What is the topic of this text",
-                    "Name the topic of this text"]
+_SENTIMENT_QUESTIONS = [
+    "Classify the sentiment of this review",
+    "Is this review positive or negative",
+    "What is the sentiment of this review",
+]
+_TOPIC_QUESTIONS = [
+    "Which topic is this text about",
+    "What is the topic of this text",
+    "Name the topic of this text",
+]
 _TOPICS = {
-    "sports": ["the striker scored a late goal", "the team won the final match", "the runner broke the record",
-               "the coach praised the defense", "the referee stopped the game", "the goalkeeper saved a penalty"],
-    "food": ["the chef baked fresh bread", "we cooked pasta with garlic", "the pie needs more sugar",
-             "she sliced the ripe tomatoes", "the soup simmered for hours", "he grilled fish for dinner"],
-    "weather": ["heavy rain is expected tonight", "the wind blew from the north", "snow covered the hills",
-                "a storm is moving across the coast", "the morning fog slowly lifted", "the sun warmed the valley"],
-    "music": ["the band played a new song", "she tuned her old guitar", "the choir sang in harmony",
-              "the drummer kept a steady beat", "the pianist practiced scales", "the orchestra rehearsed the symphony"],
+    "sports": [
+        "the striker scored a late goal",
+        "the team won the final match",
+        "the runner broke the record",
+        "the coach praised the defense",
+        "the referee stopped the game",
+        "the goalkeeper saved a penalty",
+    ],
+    "food": [
+        "the chef baked fresh bread",
+        "we cooked pasta with garlic",
+        "the pie needs more sugar",
+        "she sliced the ripe tomatoes",
+        "the soup simmered for hours",
+        "he grilled fish for dinner",
+    ],
+    "weather": [
+        "heavy rain is expected tonight",
+        "the wind blew from the north",
+        "snow covered the hills",
+        "a storm is moving across the coast",
+        "the morning fog slowly lifted",
+        "the sun warmed the valley",
+    ],
+    "music": [
+        "the band played a new song",
+        "she tuned her old guitar",
+        "the choir sang in harmony",
+        "the drummer kept a steady beat",
+        "the pianist practiced scales",
+        "the orchestra rehearsed the symphony",
+    ],
 }
 
 
@@ -61,7 +103,9 @@ def _as_format(index: int, prompt: str, response: str) -> dict:
         case 1:
             return {"prompt": prompt, "completion": response}
         case _:
-            return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+            return {
+                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            }
 
 
 def generate(count: int = 640, seed: int = 7) -> list[str]:
@@ -71,9 +115,11 @@ def generate(count: int = 640, seed: int = 7) -> list[str]:
         prompt, response = (_review if index % 2 == 0 else _topic)(rng)
         lines.append(json.dumps(_as_format(index, prompt, response)))
     bad = [
-        '{"input": "Classify the sentiment of this review: the app was great', # cut-off JSON
+        '{"input": "Classify the sentiment of this review: the app was great',  # cut-off JSON
         json.dumps({"input": "Which topic is this text about: the band played a new song."}),  # no output
-        json.dumps({"prompt": "Classify the sentiment of this review: the staff was rude.", "completion": "  "}),
+        json.dumps(
+            {"prompt": "Classify the sentiment of this review: the staff was rude.", "completion": "  "}
+        ),
         json.dumps({"text": "an unknown record format"}),
         lines[0],  # exact duplicate of the first record
     ]

@@ -36,6 +36,9 @@ class TinyModelConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     max_positions: int = 256
+    # Wider than Llama's 0.02: the final norm and output layer stay frozen under LoRA, and
+    # at 0.02 their random weights cannot produce a confident next-token distribution.
+    initializer_range: float = 0.2
     seed: int = 0
 
 
@@ -96,11 +99,16 @@ def build_tiny_model(config: TinyModelConfig) -> storage.Manifest:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=config.initializer_range,
     )
     model = LlamaForCausalLM(model_config)
     with tempfile.TemporaryDirectory() as staging:
         local = staging if storage.is_s3(config.output) else config.output
         model.save_pretrained(local, safe_serialization=True)
         tokenizer.save_pretrained(local)
-        return storage.publish_dir(local, config.output, producer="llmft.sample.tiny_model",
-                                   metadata={"seed": config.seed, "architecture": "LlamaForCausalLM"})
+        return storage.publish_dir(
+            local,
+            config.output,
+            producer="llmft.sample.tiny_model",
+            metadata={"seed": config.seed, "architecture": "LlamaForCausalLM"},
+        )

@@ -35,7 +35,9 @@ def encode_record(tokenizer: Any, record: Record, max_length: int) -> EncodedExa
     """
     prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompt_ids = tokenizer(render_prompt(record.prompt, record.system), add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(record.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = tokenizer(record.response, add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
     room_for_prompt = max(max_length - len(prefix) - len(response_ids), 0)
     prompt_ids = prompt_ids[len(prompt_ids) - room_for_prompt :] if room_for_prompt else []
     input_ids = (prefix + prompt_ids + response_ids)[:max_length]
@@ -46,7 +48,9 @@ def encode_record(tokenizer: Any, record: Record, max_length: int) -> EncodedExa
 def prompt_ids(tokenizer: Any, record: Record) -> list[int]:
     """The ids a model generates from (BOS + rendered prompt), as in `encode_record`."""
     prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return prefix + tokenizer(render_prompt(record.prompt, record.system), add_special_tokens=False)["input_ids"]
+    return (
+        prefix + tokenizer(render_prompt(record.prompt, record.system), add_special_tokens=False)["input_ids"]
+    )
 
 
 def collate(examples: list[EncodedExample], pad_token_id: int) -> dict[str, Any]:

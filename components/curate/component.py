@@ -1,0 +1,48 @@
+"""KFP component for curate: a thin shell over components.curate.curate."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Metrics, Output
+
+from components.images import image_for_step
+
+
+@dsl.component(base_image=image_for_step("curate"), install_kfp_package=False)
+def curate_op(
+    train_data_uri: str,
+    eval_data_uri: str,
+    val_fraction: float,
+    storage_root: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run: str,
+    dataset: Output[Dataset],
+    stats: Output[Metrics],
+    report: Output[HTML],
+):
+    """Parse, validate, normalise, deduplicate and split instruction records."""
+    from components.curate.curate import CurateConfig, curate
+    from components.step_io import content_output_uri, copy_report, point_artifact, run_component_step
+
+    config = CurateConfig(
+        inputs=[uri.strip() for uri in train_data_uri.split(",") if uri.strip()],
+        eval_set=eval_data_uri or None,
+        val_fraction=val_fraction,
+        output="",
+    )
+    config.output = content_output_uri(storage_root, "curated", config.model_dump(exclude={"output"}))
+    result, _ = run_component_step(
+        "curate", curate, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+    )
+    point_artifact(
+        dataset,
+        result.output,
+        {
+            "sha256": result.dataset_sha256,
+            "train_records": result.train_records,
+            "val_records": result.val_records,
+        },
+    )
+    stats.log_metric("train_records", result.train_records)
+    stats.log_metric("val_records", result.val_records)
+    stats.log_metric("rejected_records", result.rejected)
+    copy_report(result.output + "/report.html", report)

@@ -1,0 +1,317 @@
+"""Parse the record formats curate accepts and normalize them to one canonical shape.
+
+Accepted formats (one JSON object per line; an optional "system" string in all of them):
+- `{"input": ..., "output": ...}`
+- `{"prompt": ..., "completion": ...}`
+- chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}`
+
+Every function here is pure: it takes a line (or a decoded object) and returns a
+`ParsedRecord` or raises `Rejection` with a stable snake_case reason and a sentence a
+person can act on. File handling, counting and writing live in `curate.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+# Stable reject reason names (they appear in rejects.jsonl, stats.json and dashboards), in the
+# order a line meets the checks; the report's funnel uses this order.
+REJECT_REASONS: dict[str, str] = {
+    "blank_line": "the line is empty or whitespace only",
+    "invalid_utf8": "the line is not valid UTF-8 (or a string holds an unpaired surrogate escape)",
+    "malformed_json": "the line is not valid JSON",
+    "not_an_object": "the JSON value is not an object",
+    "unknown_format": "the object's keys match none (or more than one) of the accepted formats",
+    "missing_field": "a field the format requires is absent",
+    "wrong_type": "a field has the wrong JSON type (e.g. a number where a string belongs)",
+    "bad_chat": "a chat's roles are out of order, unknown, or a turn is empty",
+    "empty_prompt": "the prompt is empty after normalization",
+    "empty_response": "the response is empty (or shorter than min_response_chars) after normalization",
+    "too_long": "the prompt or response is longer than max_prompt_chars / max_response_chars",
+    "eval_overlap": "prompt+response equal an eval_set record (kept out of training to keep eval honest)",
+    "duplicate": "same normalized (system, prompt, response) as a record kept earlier",
+}
+
+FORMAT_INPUT_OUTPUT = "input_output"
+FORMAT_PROMPT_COMPLETION = "prompt_completion"
+FORMAT_CHAT = "chat"
+
+# Which keys identify which format, and the two fields each non-chat format needs.
+_FORMAT_KEYS: dict[str, tuple[str, ...]] = {
+    FORMAT_INPUT_OUTPUT: ("input", "output"),
+    FORMAT_PROMPT_COMPLETION: ("prompt", "completion"),
+    FORMAT_CHAT: ("messages",),
+}
+_CHAT_ROLES = ("system", "user", "assistant")
+# NUL never survives normalize_text, so it cannot occur inside a field and makes an
+# unambiguous separator for hashing several fields.
+_SEPARATOR = "\x00"
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F; \t and \n stay.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class Rejection(Exception):
+    """A line that cannot become a training record."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """Normalized fields of one accepted line, before length limits and dedup."""
+
+    prompt: str
+    response: str
+    system: str
+    format: str
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages users recognize."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def normalize_text(text: str) -> str:
+    """NFC, \\n line endings, no control characters except \\n and \\t, no surrounding whitespace."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return unicodedata.normalize("NFC", _CONTROL_CHARS.sub("", text)).strip()
+
+
+def _normalize_field(value: str, field: str) -> str:
+    try:
+        # json.loads turns a lone "\ud800" escape into a str that cannot be written as UTF-8.
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise Rejection(
+            "invalid_utf8", f"{field} contains an unpaired surrogate escape at character {error.start}"
+        ) from None
+    return normalize_text(value)
+
+
+def decode_line(raw: bytes) -> str:
+    """Bytes of one JSONL line (terminator included or not) to text; rejects blank and non-UTF-8 lines."""
+    raw = raw.rstrip(b"\r\n")
+    if not raw.strip():
+        raise Rejection("blank_line", "the line is empty")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Rejection(
+            "invalid_utf8", f"byte 0x{raw[error.start]:02x} at offset {error.start} is not valid UTF-8"
+        ) from None
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    # strict=False accepts raw tabs/newlines inside strings, which many exporters write;
+    # normalization cleans them afterwards.
+    try:
+        value = json.loads(text, strict=False)
+    except json.JSONDecodeError as error:
+        raise Rejection("malformed_json", f"{error.msg} (column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise Rejection("not_an_object", f"the line is a JSON {json_type(value)}, expected an object")
+    return value
+
+
+def _string_field(obj: dict[str, Any], field: str, path: str | None = None) -> str:
+    path = path or field
+    if field not in obj:
+        raise Rejection("missing_field", f"field {path!r} is missing")
+    value = obj[field]
+    if not isinstance(value, str):
+        raise Rejection("wrong_type", f"field {path!r} is {json_type(value)}, expected string")
+    return _normalize_field(value, path)
+
+
+def _system_field(obj: dict[str, Any]) -> str:
+    # null is how many exporters write "no system prompt"; treat it as absent.
+    if obj.get("system") is None:
+        return ""
+    return _string_field(obj, "system")
+
+
+def detect_format(obj: dict[str, Any]) -> str:
+    """Name the format an object's keys select; exactly one must match."""
+    matches = [name for name, keys in _FORMAT_KEYS.items() if any(key in obj for key in keys)]
+    seen = ", ".join(sorted(obj)) or "none"
+    if not matches:
+        raise Rejection(
+            "unknown_format",
+            f"keys seen: {seen}; expected input/output, prompt/completion or messages",
+        )
+    if len(matches) > 1:
+        several = ", ".join(matches)
+        raise Rejection("unknown_format", f"keys of more than one format ({several}); keys seen: {seen}")
+    if matches[0] == FORMAT_INPUT_OUTPUT and "instruction" in obj:
+        # Alpaca-style records: using only "input" would silently drop the instruction.
+        raise Rejection(
+            "unknown_format",
+            "Alpaca-style 'instruction' field is not supported; merge it into 'input'",
+        )
+    return matches[0]
+
+
+def _chat_message(message: Any, index: int) -> tuple[str, str]:
+    path = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise Rejection("wrong_type", f"{path} is {json_type(message)}, expected object")
+    if "role" not in message:
+        raise Rejection("missing_field", f"field {path + '.role'!r} is missing")
+    role = message["role"]
+    if not isinstance(role, str):
+        raise Rejection("wrong_type", f"field {path + '.role'!r} is {json_type(role)}, expected string")
+    role = role.strip().lower()
+    if role not in _CHAT_ROLES:
+        raise Rejection("bad_chat", f"{path} has role {message['role']!r}; expected system, user, assistant")
+    return role, _string_field(message, "content", f"{path}.content")
+
+
+def render_chat_prompt(turns: list[tuple[str, str]]) -> str:
+    """The prompt for a conversation whose final assistant turn has been taken as the response.
+
+    A single user turn is the prompt as is, so a chat and an input/output record with the
+    same text become the same record. Multi-turn conversations become a transcript, one
+    turn per entry as "user: ..." / "assistant: ...", ending with the last user turn
+    (also prefixed, so it cannot be read as the end of the previous assistant turn).
+    """
+    if len(turns) == 1:
+        return turns[0][1]
+    return "\n".join(f"{role}: {content}" for role, content in turns)
+
+
+def parse_chat(obj: dict[str, Any]) -> ParsedRecord:
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        raise Rejection("wrong_type", f"field 'messages' is {json_type(messages)}, expected array")
+    if not messages:
+        raise Rejection("bad_chat", "messages is empty")
+    parsed = [_chat_message(message, index) for index, message in enumerate(messages)]
+
+    system = _system_field(obj)
+    if parsed[0][0] == "system":
+        message_system = parsed.pop(0)[1]
+        if system and system != message_system:
+            raise Rejection("bad_chat", "both a 'system' field and a different leading system message")
+        system = message_system
+    offset = len(messages) - len(parsed)
+
+    if not parsed:
+        raise Rejection("bad_chat", "only a system message; a user and an assistant turn are required")
+    for position, (role, content) in enumerate(parsed):
+        index = position + offset
+        expected = "user" if position % 2 == 0 else "assistant"
+        if role == "system":
+            raise Rejection("bad_chat", f"messages[{index}] is a system message; only the first may be")
+        if role != expected:
+            raise Rejection(
+                "bad_chat", f"messages[{index}] is {role}, expected {expected} (turns alternate, user first)"
+            )
+        # A single user turn and the final assistant turn become prompt/response and get
+        # their own empty_* reasons; any other empty turn would vanish inside a transcript.
+        if not content and len(parsed) > 2 and position < len(parsed) - 1:
+            raise Rejection("bad_chat", f"messages[{index}] ({role}) is empty")
+    if parsed[-1][0] != "assistant":
+        raise Rejection("bad_chat", "the last message is from the user; it must be the assistant's response")
+
+    response = parsed[-1][1]
+    return ParsedRecord(
+        prompt=render_chat_prompt(parsed[:-1]), response=response, system=system, format=FORMAT_CHAT
+    )
+
+
+def parse_object(obj: dict[str, Any]) -> ParsedRecord:
+    """Detect the format of a decoded JSON object and return its normalized fields."""
+    record_format = detect_format(obj)
+    if record_format == FORMAT_CHAT:
+        parsed = parse_chat(obj)
+    else:
+        prompt_key, response_key = _FORMAT_KEYS[record_format]
+        parsed = ParsedRecord(
+            prompt=_string_field(obj, prompt_key),
+            response=_string_field(obj, response_key),
+            system=_system_field(obj),
+            format=record_format,
+        )
+    if not parsed.prompt:
+        raise Rejection("empty_prompt", "the prompt is empty after normalization")
+    if not parsed.response:
+        raise Rejection("empty_response", "the response is empty after normalization")
+    return parsed
+
+
+def parse_line(raw: bytes) -> ParsedRecord:
+    """One raw JSONL line to normalized fields, or a Rejection."""
+    return parse_object(parse_json_object(decode_line(raw)))
+
+
+def check_lengths(
+    record: ParsedRecord, min_response_chars: int, max_prompt_chars: int, max_response_chars: int
+) -> None:
+    """Apply the configured length limits (characters after normalization)."""
+    if len(record.response) < min_response_chars:
+        raise Rejection(
+            "empty_response",
+            f"the response has {len(record.response)} characters, fewer than "
+            f"min_response_chars={min_response_chars}",
+        )
+    if len(record.prompt) > max_prompt_chars:
+        raise Rejection(
+            "too_long",
+            f"the prompt has {len(record.prompt)} characters, more than max_prompt_chars={max_prompt_chars}",
+        )
+    if len(record.response) > max_response_chars:
+        raise Rejection(
+            "too_long",
+            f"the response has {len(record.response)} characters, more than "
+            f"max_response_chars={max_response_chars}",
+        )
+
+
+def _sha256(*fields: str) -> bytes:
+    return hashlib.sha256(_SEPARATOR.join(fields).encode("utf-8")).digest()
+
+
+def identity_digest(record: ParsedRecord) -> bytes:
+    """sha256 of normalized (system, prompt, response): the dedup key; its hex prefix is the id."""
+    return _sha256(record.system, record.prompt, record.response)
+
+
+def record_id(record: ParsedRecord) -> str:
+    """First 16 hex digits of `identity_digest`: stable across runs, formats and input order."""
+    return identity_digest(record).hex()[:16]
+
+
+def content_digest(record: ParsedRecord) -> bytes:
+    """sha256 of normalized (prompt, response), without the system prompt.
+
+    Used for the train/val split and the eval overlap check, so two records that differ
+    only in their system prompt can never sit on both sides of the split.
+    """
+    return _sha256(record.prompt, record.response)
+
+
+def in_validation(record: ParsedRecord, val_fraction: float) -> bool:
+    """Deterministic split: the first 8 bytes of `content_digest` as a fraction of 2**64."""
+    return int.from_bytes(content_digest(record)[:8], "big") < val_fraction * 2**64

@@ -1,0 +1,550 @@
+"""Evaluate a LoRA adapter against its base model and decide whether it may ship.
+
+The base model is loaded once; the adapter is attached with `PeftModel.from_pretrained`
+(never merged), and the base is scored inside `model.disable_adapter()`, so both sets of
+numbers come from the same weights in memory, the same tokenizer and the same batches.
+
+For each of base and tuned:
+- validation loss: mean cross-entropy over the response tokens of every val record,
+  encoded with train's `encode_record`, so it is the loss training optimised (each token
+  weighs the same: summed over tokens, divided by the token count);
+- generation metrics: greedy generation for the first `max_eval_records` val records,
+  scored against the reference with exact match, token F1 and ROUGE-L (metrics.py).
+
+The gate compares the two (see `decide_gate`). Outputs under `config.output`, published
+with a manifest written last:
+    metrics.json       base and tuned scores, gate decision with reasons and thresholds
+    generations.jsonl  one line per scored record: id, prompt, reference, base, tuned
+    report.html        self-contained report (shown in the KFP UI as an HTML artifact)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from components import storage
+from components.evaluate import metrics
+from components.evaluate.report import render_report
+from components.records import Record, read_records
+from components.train.data import IGNORE_INDEX, EncodedExample, collate, encode_record, prompt_ids
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "llmft.evaluate"
+# Float differences like 0.30 - 0.25 land a hair below 0.05; a gate must not flip on that.
+_TOLERANCE = 1e-9
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+class EvaluateError(ValueError):
+    """The evaluation inputs cannot work; the message names the input and the reason."""
+
+
+class GateThresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_exact_match_gain: float = Field(
+        0.05, description="The tuned model's exact match minus the base model's must be at least this."
+    )
+    max_val_loss: float | None = Field(
+        None, description="When set, the tuned model's validation loss must be at most this."
+    )
+    min_tuned_exact_match: float = Field(
+        0.0, ge=0.0, le=1.0, description="The tuned model's exact match must be at least this."
+    )
+
+
+class EvaluateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(description="Base model: Hugging Face checkpoint directory (path or s3://).")
+    adapter: str = Field(
+        description="LoRA adapter directory written by train (path or s3://, HF PEFT format)."
+    )
+    data: str = Field(
+        description="Curated dataset directory written by curate (path or s3://); val.jsonl is used."
+    )
+    output: str = Field(
+        description="Directory (path or s3://) for metrics.json, generations.jsonl, report.html."
+    )
+    max_eval_records: int = Field(
+        64, ge=1, description="Generation metrics use the first N val records (file order, deterministic)."
+    )
+    max_new_tokens: int = Field(
+        16, ge=1, description="Most tokens generated per record (greedy, stops at EOS)."
+    )
+    batch_size: int = Field(16, ge=1, description="Records per forward pass, for both loss and generation.")
+    max_length: int = Field(
+        512, ge=2, description="Most tokens per example for the loss; prompt + new tokens for generation."
+    )
+    gate: GateThresholds = Field(
+        default_factory=GateThresholds, description="Thresholds the tuned model must meet."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to run: auto picks cuda when a GPU is visible, else cpu."
+    )
+    train_metrics: str | None = Field(
+        None,
+        description="Optional metrics.json of train (path or s3://); the report plots its loss curves.",
+    )
+    seed: int = Field(
+        0, description="Random seed (greedy decoding is deterministic; this pins anything else)."
+    )
+    report_samples: int = Field(10, ge=0, description="How many generations the HTML report shows.")
+
+
+class ModelScores(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    val_loss: float = Field(description="Mean cross-entropy (nats) over response tokens of all val records.")
+    perplexity: float = Field(description="exp(val_loss).")
+    exact_match: float = Field(description="Share of generations equal to the reference after normalization.")
+    token_f1: float = Field(description="Mean token-level F1 between generation and reference.")
+    rouge_l: float = Field(description="Mean ROUGE-L F1 (longest common subsequence of tokens).")
+    samples: int = Field(description="Number of val records the generation metrics were averaged over.")
+
+
+SCORE_NAMES = ("val_loss", "perplexity", "exact_match", "token_f1", "rouge_l")
+
+
+class EvaluateResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(description="Directory holding metrics.json, generations.jsonl and report.html.")
+    base: ModelScores = Field(description="Scores of the base model (adapter disabled).")
+    tuned: ModelScores = Field(description="Scores of the base model with the adapter.")
+    passed: bool = Field(description="Whether the tuned model met every gate threshold.")
+    reasons: list[str] = Field(description="One line per threshold: the measured value against it.")
+
+    def summary(self) -> str:
+        width = max(len(name) for name in SCORE_NAMES)
+        lines = [f"{'metric':<{width}}  {'base':>10}  {'tuned':>10}  {'delta':>10}"]
+        for name in SCORE_NAMES:
+            base, tuned = getattr(self.base, name), getattr(self.tuned, name)
+            lines.append(f"{name:<{width}}  {base:>10.4f}  {tuned:>10.4f}  {tuned - base:>+10.4f}")
+        lines.append(f"gate: {'PASSED' if self.passed else 'FAILED'} ({'; '.join(self.reasons)})")
+        return "\n".join(lines)
+
+
+# --- pure logic ----------------------------------------------------------------------------
+
+
+def _check(
+    name: str, value: float, operator: Literal[">=", "<="], limit: float, digits: int
+) -> tuple[bool, str]:
+    """One threshold check and a reason that reads as a true statement either way."""
+    if operator == ">=":
+        ok = value + _TOLERANCE >= limit
+    else:
+        ok = math.isfinite(value) and value <= limit + _TOLERANCE  # nan (diverged training) fails
+    shown = operator if ok else {">=": "<", "<=": ">"}[operator]
+    reason = f"{name} {value:.{digits}f} {shown} {limit:.{digits}f}"
+    return ok, reason if ok else f"{reason} (required {operator} {limit:.{digits}f})"
+
+
+def decide_gate(base: ModelScores, tuned: ModelScores, thresholds: GateThresholds) -> tuple[bool, list[str]]:
+    """Check every threshold (not just up to the first failure) so the reasons tell the whole story."""
+    checks = [
+        _check(
+            "exact_match gain", tuned.exact_match - base.exact_match, ">=", thresholds.min_exact_match_gain, 3
+        ),
+        _check("tuned exact_match", tuned.exact_match, ">=", thresholds.min_tuned_exact_match, 3),
+    ]
+    if thresholds.max_val_loss is not None:
+        checks.append(_check("tuned val_loss", tuned.val_loss, "<=", thresholds.max_val_loss, 4))
+    return all(ok for ok, _ in checks), [reason for _, reason in checks]
+
+
+def scores_from(val_loss: float, predictions: list[str], references: list[str]) -> ModelScores:
+    text = metrics.text_scores(predictions, references)
+    return ModelScores(
+        val_loss=val_loss, perplexity=metrics.perplexity(val_loss), samples=len(predictions), **text
+    )
+
+
+def fit_prompt(ids: list[int], room: int, keep_first: int) -> list[int]:
+    """Trim a prompt to `room` tokens from the left, keeping the first `keep_first` (BOS), as train does."""
+    if len(ids) <= room:
+        return ids
+    tail = max(room - keep_first, 0)
+    return ids[:keep_first] + (ids[len(ids) - tail :] if tail else [])
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Left padding, so every prompt ends where generation starts."""
+    longest = max(len(ids) for ids in sequences)
+    input_ids = [[pad_id] * (longest - len(ids)) + ids for ids in sequences]
+    attention = [[0] * (longest - len(ids)) + [1] * len(ids) for ids in sequences]
+    return input_ids, attention
+
+
+def cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[:position]
+    return ids
+
+
+def parse_train_curves(data: Any, source: str) -> dict[str, list[tuple[float, float]]]:
+    """The `loss_curve` and `eval_curve` of train's metrics.json as lists of (step, loss)."""
+    if not isinstance(data, dict):
+        raise EvaluateError(f"{source}: expected a JSON object with loss_curve/eval_curve")
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for key in ("loss_curve", "eval_curve"):
+        points = data.get(key) or []
+        try:
+            curves[key] = [(float(step), float(loss)) for step, loss in points]
+        except (TypeError, ValueError) as error:
+            raise EvaluateError(f"{source}: {key} must be a list of [step, loss] pairs ({error})") from error
+    if not any(curves.values()):
+        raise EvaluateError(f"{source} has neither loss_curve nor eval_curve points")
+    return curves
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def load_val_records(data_dir: Path) -> list[Record]:
+    path = data_dir / "val.jsonl"
+    if not path.is_file():
+        raise EvaluateError(f"{path} not found: the data directory must hold curate's val.jsonl")
+    records = list(read_records(path))
+    if not records:
+        raise EvaluateError(f"{path} holds no records: nothing to evaluate on")
+    return records
+
+
+def load_train_curves(uri: str) -> dict[str, list[tuple[float, float]]]:
+    text = storage.localize_file(uri).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise EvaluateError(f"{uri} is not valid JSON ({error})") from error
+    return parse_train_curves(data, uri)
+
+
+def _same_model(candidate: str, base_uri: str, base_dir: Path, base_digest: str) -> bool | None:
+    """True/False when `candidate` is known to be / not to be the base model; None when it cannot be told."""
+    if candidate == base_uri or (
+        not storage.is_s3(candidate) and Path(candidate).resolve() == base_dir.resolve()
+    ):
+        return True
+    try:
+        if not storage.exists(candidate):
+            return None  # e.g. a hub name, or a path on the machine that trained
+        # A copy elsewhere is still the same model: compare content, not location.
+        return storage.read_manifest(candidate).digest == base_digest
+    except Exception as error:  # no access to another bucket is not a mismatch
+        log.debug("cannot read %s to compare with the base model: %s", candidate, error)
+        return None
+
+
+def check_adapter_identity(adapter_dir: Path, adapter_uri: str, base_uri: str, base_dir: Path) -> None:
+    """Refuse an adapter recorded as trained on another base model (by content, not by path)."""
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise EvaluateError(f"{adapter_uri} is not a PEFT adapter directory: it has no adapter_config.json")
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    # train records the base URI in the manifest; PEFT records the local path it loaded from.
+    candidates = [
+        storage.read_manifest(adapter_uri).metadata.get("base_model"),
+        adapter_config.get("base_model_name_or_path"),
+    ]
+    candidates = [c for c in candidates if isinstance(c, str) and c]
+    base_digest = storage.read_manifest(base_uri).digest
+    verdicts = {
+        candidate: _same_model(candidate, base_uri, base_dir, base_digest) for candidate in candidates
+    }
+    if any(verdicts.values()):
+        return
+    if False in verdicts.values():
+        recorded = ", ".join(c for c, same in verdicts.items() if same is False)
+        raise EvaluateError(
+            f"adapter {adapter_uri} was trained on base model {recorded}, whose content differs from "
+            f"--base-model {base_uri}: evaluate it against the base model it was trained on"
+        )
+    if candidates:
+        log.warning(
+            "adapter %s records base model %s; cannot confirm it is %s (checking layer shapes instead)",
+            adapter_uri,
+            candidates,
+            base_uri,
+        )
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise EvaluateError(
+            "device='cuda' was requested but no CUDA GPU is visible (use device='auto' or 'cpu')"
+        )
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _dtype(device: str) -> Any:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def attach_adapter(model: Any, adapter_dir: Path, adapter_uri: str, base_uri: str) -> Any:
+    """Wrap `model` with the adapter; any structural mismatch becomes one clear EvaluateError."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    architecture = ",".join(model.config.architectures or [type(model).__name__])
+    mismatch = (
+        f"adapter {adapter_uri} does not fit base model {base_uri} ({architecture}, "
+        f"hidden size {getattr(model.config, 'hidden_size', '?')})"
+    )
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise EvaluateError(f"{mismatch}: {error}") from error
+    # PEFT only warns when saved weights match no layer; an adapter that silently did not
+    # load would make tuned == base, so compare the saved tensors with the loaded ones.
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:
+            saved = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+        loaded = {key: tuple(value.shape) for key, value in get_peft_model_state_dict(peft_model).items()}
+        unmatched = sorted(set(saved) ^ set(loaded))
+        reshaped = sorted(key for key in set(saved) & set(loaded) if saved[key] != loaded[key])
+        if unmatched or reshaped:
+            raise EvaluateError(
+                f"{mismatch}: adapter weights that do not match the model's layers: "
+                f"{(unmatched + reshaped)[:5]}"
+            )
+    peft_model.eval()
+    return peft_model
+
+
+# --- model passes --------------------------------------------------------------------------
+
+
+def validation_loss(
+    model: Any,
+    examples: list[EncodedExample],
+    batch_size: int,
+    pad_id: int,
+    device: str,
+    desc: str = "val loss",
+) -> tuple[float, int]:
+    """(mean loss per response token, token count) over all examples; the same loss as train's."""
+    import torch
+    from tqdm.auto import tqdm
+
+    # Longest first: padding shrinks, and an out-of-memory batch fails at once, not at the end.
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    total_loss, total_tokens = 0.0, 0
+    with torch.inference_mode():
+        for indices in tqdm(batches, desc=desc, unit="batch", disable=None):
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]
+            mask = labels != IGNORE_INDEX
+            # Only the scored positions go to float32: full-vocabulary logits for the
+            # whole batch in float32 would dominate memory on large vocabularies.
+            selected = logits[:, :-1][mask].float()
+            total_loss += torch.nn.functional.cross_entropy(selected, labels[mask], reduction="sum").item()
+            total_tokens += int(mask.sum().item())
+    return (total_loss / total_tokens if total_tokens else math.nan), total_tokens
+
+
+def generate_responses(
+    model: Any,
+    tokenizer: Any,
+    records: list[Record],
+    config: EvaluateConfig,
+    pad_id: int,
+    device: str,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy responses (new tokens only, decoded and stripped), in the order of `records`."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    eos_ids = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    eos_ids.discard(None)
+    generation = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(eos_ids),
+        pad_token_id=pad_id,
+    )
+    keep_first = int(tokenizer.bos_token_id is not None)
+    room = max(config.max_length - config.max_new_tokens, keep_first + 1)
+    prompts = [fit_prompt(prompt_ids(tokenizer, record), room, keep_first) for record in records]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    responses: list[str] = [""] * len(records)
+    with torch.inference_mode():
+        for indices in tqdm(batches, desc=desc, unit="batch", disable=None):
+            input_ids, attention = left_pad([prompts[i] for i in indices], pad_id)
+            inputs = torch.tensor(input_ids, device=device)
+            output = model.generate(
+                input_ids=inputs,
+                attention_mask=torch.tensor(attention, device=device),
+                generation_config=generation,
+            )
+            for row, index in enumerate(indices):
+                new_tokens = cut_at_eos(output[row, inputs.shape[1] :].tolist(), eos_ids)
+                responses[index] = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    return responses
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    examples: list[EncodedExample],
+    generation_records: list[Record],
+    config: EvaluateConfig,
+    pad_id: int,
+    device: str,
+    name: str,
+) -> tuple[ModelScores, list[str], int]:
+    """Scores of the model as it is now (adapter on or off), its generations, and the scored token count."""
+    loss, tokens = validation_loss(model, examples, config.batch_size, pad_id, device, f"val loss ({name})")
+    responses = generate_responses(
+        model, tokenizer, generation_records, config, pad_id, device, f"generate ({name})"
+    )
+    scores = scores_from(loss, responses, [record.response for record in generation_records])
+    log.info(
+        "%s: val_loss %.4f  exact_match %.3f  token_f1 %.3f  rouge_l %.3f",
+        name,
+        scores.val_loss,
+        scores.exact_match,
+        scores.token_f1,
+        scores.rouge_l,
+    )
+    return scores, responses, tokens
+
+
+# --- the step ------------------------------------------------------------------------------
+
+
+def evaluate(config: EvaluateConfig) -> EvaluateResult:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = _device(config.device)
+
+    # Every cheap input check runs before the model load, which can take minutes.
+    val_records = load_val_records(storage.localize_dir(config.data))
+    curves = load_train_curves(config.train_metrics) if config.train_metrics else None
+    base_dir = storage.localize_dir(config.base_model)
+    adapter_dir = storage.localize_dir(config.adapter)
+    check_adapter_identity(adapter_dir, config.adapter, config.base_model, base_dir)
+
+    # train saves the tokenizer it trained with (pad token included) beside the adapter.
+    tokenizer_dir = adapter_dir if any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES) else base_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise EvaluateError(f"the tokenizer in {tokenizer_dir} has neither a pad nor an eos token")
+
+    dtype = _dtype(device)
+    log.info("loading base model %s (%s on %s)", config.base_model, dtype, device)
+    # device_map loads weights straight onto the GPU, without a full copy in host memory first.
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, device_map=device)
+    model.eval()
+    log.info("attaching adapter %s", config.adapter)
+    model = attach_adapter(model, adapter_dir, config.adapter, config.base_model)
+
+    examples = [encode_record(tokenizer, record, config.max_length) for record in val_records]
+    generation_records = val_records[: config.max_eval_records]
+    log.info("scoring %d val records (loss) and %d (generation)", len(examples), len(generation_records))
+
+    with model.disable_adapter():
+        base, base_out, tokens = score(
+            model, tokenizer, examples, generation_records, config, pad_id, device, "base"
+        )
+    tuned, tuned_out, _ = score(
+        model, tokenizer, examples, generation_records, config, pad_id, device, "tuned"
+    )
+
+    passed, reasons = decide_gate(base, tuned, config.gate)
+    result = EvaluateResult(output=config.output, base=base, tuned=tuned, passed=passed, reasons=reasons)
+    generations = [
+        {"id": record.id, "prompt": record.prompt, "reference": record.response, "base": b, "tuned": t}
+        for record, b, t in zip(generation_records, base_out, tuned_out, strict=True)
+    ]
+    inputs = {"base_model": config.base_model, "adapter": config.adapter, "data": config.data}
+    data_summary = {
+        "val_records": len(val_records),
+        "val_tokens": tokens,
+        "generation_records": len(generations),
+    }
+    metrics_doc = {
+        "base": base.model_dump(),
+        "tuned": tuned.model_dump(),
+        "gate": {"passed": passed, "reasons": reasons, "thresholds": config.gate.model_dump()},
+        "data": data_summary,
+        "inputs": inputs,
+        "settings": config.model_dump(include={"max_eval_records", "max_new_tokens", "max_length", "seed"}),
+        "device": device,
+        "runtime_s": round(time.perf_counter() - started, 3),
+    }
+    html = render_report(
+        result,
+        inputs=inputs,
+        data=data_summary,
+        thresholds=config.gate.model_dump(),
+        generations=generations[: config.report_samples],
+        curves=curves,
+    )
+    _publish(config.output, metrics_doc, generations, html, passed)
+    log.info("evaluation written to %s\n%s", config.output, result.summary())
+    return result
+
+
+def _publish(
+    output: str, metrics_doc: dict[str, Any], generations: list[dict[str, str]], html: str, passed: bool
+) -> None:
+    if not storage.is_s3(output):
+        # An old manifest would mark the directory complete while new files are copied in.
+        (Path(output) / storage.MANIFEST_NAME).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as staging:
+        root = Path(staging)
+        (root / "metrics.json").write_text(json.dumps(metrics_doc, indent=2), encoding="utf-8")
+        with open(root / "generations.jsonl", "w", encoding="utf-8") as handle:
+            for line in generations:
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+        (root / "report.html").write_text(html, encoding="utf-8")
+        storage.publish_dir(
+            staging,
+            output,
+            producer=PRODUCER,
+            metadata={
+                "passed": passed,
+                **{key: metrics_doc["inputs"][key] for key in ("base_model", "adapter", "data")},
+            },
+        )

@@ -1,0 +1,30 @@
+"""KFP exit-handler component: a thin shell over components.finalize.finalize."""
+
+from kfp import dsl
+from kfp.dsl import PipelineTaskFinalStatus
+
+from components.images import image_for_step
+
+
+@dsl.component(base_image=image_for_step("finalize"), install_kfp_package=False)
+def finalize_op(
+    storage_root: str,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    pipeline_run: str,
+    status: PipelineTaskFinalStatus,
+):
+    """Record the run's final state (runs after success and after failure)."""
+    from components.finalize.finalize import FinalizeConfig, finalize
+    from components.step_io import run_component_step
+
+    config = FinalizeConfig(
+        storage_root=storage_root,
+        pipeline_run=pipeline_run,
+        state=status.state,
+        error_message=status.error_message or "",
+        failed_task=status.pipeline_task_name if status.state != "SUCCEEDED" else "",
+    )
+    run_component_step(
+        "finalize", finalize, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+    )

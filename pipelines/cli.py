@@ -1,0 +1,203 @@
+"""The `llmft` command line.
+
+Step subcommands (`llmft curate|train|evaluate|export|build|rollout`) are generated from
+each step's typed config: every field becomes a `--flag` with the field's description as
+help, and `--config file.yaml` supplies any of them (flags win). They call the very
+function the KFP component calls. `llmft local` runs the whole pipeline under kfp.local;
+`llmft submit` / `llmft schedule` talk to a Kubeflow Pipelines endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger("llmft")
+
+
+def _step_registry() -> dict[str, tuple[type[BaseModel], Callable[..., BaseModel], str]]:
+    """Subcommand -> (config type, step function, one-line help). Imported lazily: torch is slow."""
+    from components.build.build import BuildConfig, build
+    from components.curate.curate import CurateConfig, curate
+    from components.evaluate.evaluate import EvaluateConfig, evaluate
+    from components.export.export import ExportConfig, export
+    from components.rollout.rollout import RolloutConfig, rollout
+    from components.train.train import TrainConfig, train
+
+    return {
+        "curate": (CurateConfig, curate, "validate, normalise, deduplicate and split instruction data"),
+        "train": (TrainConfig, train, "LoRA fine-tune a base model on curated data"),
+        "evaluate": (EvaluateConfig, evaluate, "score base vs tuned model and decide the gate"),
+        "export": (ExportConfig, export, "merge the adapter into the base model (HF safetensors)"),
+        "build": (BuildConfig, build, "write a Triton model repository for a serving mode"),
+        "rollout": (RolloutConfig, rollout, "serve a model repository and smoke-test it"),
+    }
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-").replace(".", "-")
+
+
+def _add_config_fields(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
+    """One flag per config field (nested models get dotted names: --lora-r, --gate-max-val-loss)."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if _is_model(annotation):
+            _add_config_fields(parser, annotation, f"{prefix}{name}.")
+            continue
+        options: dict[str, Any] = {"dest": f"{prefix}{name}", "default": argparse.SUPPRESS}
+        if annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif _is_list(annotation):
+            options["nargs"] = "+"
+        elif isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is dict:
+            options["type"] = yaml.safe_load if typing.get_origin(annotation) is dict else str
+        default = (
+            "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)}"
+        )
+        options["help"] = f"{field.description or ''} ({default})"
+        parser.add_argument(_flag(f"{prefix}{name}"), **options)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        target = nested
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            _merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
+def load_step_config(model: type[BaseModel], config_file: str | None, flags: dict[str, Any]) -> BaseModel:
+    """Build a step config from an optional YAML file and flags (flags win); errors name the source."""
+    from_file: dict[str, Any] = {}
+    if config_file:
+        try:
+            from_file = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise SystemExit(f"llmft: cannot read --config {config_file}: {error}") from error
+        if not isinstance(from_file, dict):
+            raise SystemExit(f"llmft: --config {config_file} must hold a mapping of settings")
+    try:
+        return model.model_validate(_merge(from_file, _nest(flags)))
+    except ValidationError as error:
+        source = f" (from {config_file} and flags)" if config_file else ""
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise SystemExit(f"llmft: invalid settings{source}: {problems}") from error
+
+
+def _run_step_command(name: str, args: argparse.Namespace) -> int:
+    from components import tracking
+
+    config_type, function, _ = _step_registry()[name]
+    flags = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in {"command", "config", "mlflow_tracking_uri", "mlflow_experiment", "verbose", "json"}
+    }
+    config = load_step_config(config_type, args.config, flags)
+    uri = tracking.resolve_tracking_uri(args.mlflow_tracking_uri)
+    result, run_id = tracking.run_step(name, function, config, uri, args.mlflow_experiment)
+    print(result.summary())
+    if run_id:
+        print(f"MLflow run: {run_id} ({uri})")
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def build_parser(with_steps: bool = True) -> argparse.ArgumentParser:
+    from pipelines import client, compile_pipeline, local
+
+    parser = argparse.ArgumentParser(prog="llmft", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    local_parser = commands.add_parser("local", help="run the whole pipeline on this machine under kfp.local")
+    local.add_arguments(local_parser)
+    local_parser.set_defaults(handler=local.local_command)
+
+    compile_parser = commands.add_parser("compile", help="compile the pipeline to YAML (same as compile.py)")
+    compile_pipeline.add_arguments(compile_parser)
+    compile_parser.set_defaults(handler=compile_pipeline.compile_command)
+
+    submit_parser = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
+    client.add_submit_arguments(submit_parser)
+    submit_parser.set_defaults(handler=client.submit_command)
+    schedule_parser = commands.add_parser("schedule", help="create a recurring run on Kubeflow Pipelines")
+    client.add_schedule_arguments(schedule_parser)
+    schedule_parser.set_defaults(handler=client.schedule_command)
+
+    if with_steps:
+        for name, (config_type, _, help_text) in _step_registry().items():
+            step_parser = commands.add_parser(name, help=help_text)
+            step_parser.add_argument("--config", help="YAML file with any of the settings below (flags win)")
+            step_parser.add_argument(
+                "--mlflow-tracking-uri",
+                default=None,
+                help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else off)",
+            )
+            step_parser.add_argument("--mlflow-experiment", default="llmft", help="MLflow experiment name")
+            step_parser.add_argument("--json", action="store_true", help="also print the result as JSON")
+            _add_config_fields(step_parser, config_type)
+    return parser
+
+
+STEP_COMMANDS = {"curate", "train", "evaluate", "export", "build", "rollout"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Step configs import torch and transformers; only build their parsers when needed.
+    wants_steps = bool(set(argv) & STEP_COMMANDS) or not argv or argv[0] in {"-h", "--help"}
+    parser = build_parser(with_steps=wants_steps)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command in STEP_COMMANDS:
+            return _run_step_command(args.command, args)
+        return int(args.handler(args))
+    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as error:
+        # Our errors carry the file, field or value at fault; a traceback adds nothing for users.
+        log.debug("failure", exc_info=True)
+        print(f"llmft {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The llm_finetune pipeline: curate -> train -> evaluate -> [gate] -> export -> build -> rollout.
+
+`build_pipeline(profiles, images)` returns the pipeline function with each task's image
+and cluster settings (GPUs, /dev/shm, tolerations, node selector, EFA label) applied at
+compile time; `llm_finetune` is the default build for notebooks and the UI. The same
+function runs on a laptop under kfp.local (pipelines/local.py) and on a cluster.
+"""
+
+from kfp import dsl
+
+from components.build.component import build_op
+from components.curate.component import curate_op
+from components.evaluate.component import evaluate_op
+from components.export.component import export_op
+from components.finalize.component import finalize_op
+from components.images import Images, load_images
+from components.resources import PipelineProfiles, load_profiles
+from components.rollout.component import rollout_op
+from components.train.component import train_op
+from components.train.train import LLAMA_LORA_TARGETS
+from pipelines.cluster import apply_profile
+
+PIPELINE_NAME = "llm-finetune"
+TTL_SECONDS = 7 * 24 * 3600  # finished runs' pods and workflow objects go after a week
+NETWORK_RETRIES = 3
+
+
+def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | None = None):
+    """Return the llm_finetune pipeline with images and resource profiles applied."""
+    profiles = profiles or load_profiles(None)
+    images = images or load_images()
+
+    def configure(task: dsl.PipelineTask, step: str, display_name: str, cache: bool, retries: int):
+        task.set_display_name(display_name)
+        task.set_caching_options(cache)
+        task.set_container_image(images.for_step(step))
+        if retries:
+            task.set_retry(
+                num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s"
+            )
+        return apply_profile(task, getattr(profiles, step))
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="LoRA fine-tuning of an LLM: curate, train, evaluate with a deployment gate, "
+        "export to Hugging Face format, build a Triton model repository, roll out.",
+        pipeline_config=dsl.PipelineConfig(ttl_seconds_after_finished=TTL_SECONDS),
+    )
+    def llm_finetune(
+        base_model_uri: str = "",
+        train_data_uri: str = "",
+        eval_data_uri: str = "",
+        storage_root: str = "",
+        val_fraction: float = 0.1,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        lora_target_modules: str = ",".join(LLAMA_LORA_TARGETS),
+        epochs: float = 3.0,
+        max_steps: int = 0,
+        learning_rate: float = 2e-4,
+        micro_batch_size: int = 4,
+        global_batch_size: int = 64,
+        max_length: int = 2048,
+        precision: str = "auto",
+        num_nodes: int = 1,
+        gpus_per_node: int = 1,
+        max_eval_records: int = 256,
+        max_new_tokens: int = 64,
+        gate_min_exact_match_gain: float = 0.0,
+        gate_max_val_loss: float = 0.0,
+        registered_model_name: str = "llmft-model",
+        serving_mode: str = "hf",
+        quantization: str = "none",
+        served_model_name: str = "llm",
+        rollout_target: str = "kubernetes",
+        triton_replicas: int = 1,
+        namespace: str = "llmft",
+        mlflow_tracking_uri: str = "",
+        mlflow_experiment: str = "llmft",
+    ):
+        """Fine-tune an LLM with LoRA and serve it on Triton.
+
+        Args:
+            base_model_uri: Base model to fine-tune: a Hugging Face checkpoint directory (s3://bucket/path
+                or a path on a mounted volume) with an llmft manifest. Required.
+            train_data_uri: Raw instruction data: one or more JSONL/JSONL.gz files (s3:// or paths),
+                comma-separated. Formats: {"input","output"}, {"prompt","completion"} or chat {"messages"}.
+            eval_data_uri: Optional held-out evaluation set (same formats). Empty: a hash-based split of the
+                training data is held out instead.
+            storage_root: Where every step writes its outputs (s3://bucket/prefix). Each run writes under
+                runs/<run id>/. Required.
+            val_fraction: Fraction of records held out for validation when no evaluation set is given.
+            lora_r: LoRA rank (size of the low-rank update). 8-64 is typical.
+            lora_alpha: LoRA alpha; the update is scaled by alpha / r.
+            lora_dropout: Dropout applied to the LoRA input during training.
+            lora_target_modules: Comma-separated names of the layers that get LoRA adapters.
+            epochs: Number of passes over the training data (fractions allowed).
+            max_steps: Stop after this many optimizer steps; 0 means train for the given epochs.
+            learning_rate: Peak learning rate (AdamW, linear warmup then cosine decay).
+            micro_batch_size: Sequences per forward pass on each GPU.
+            global_batch_size: Sequences per optimizer step (gradient accumulation makes up the rest).
+            max_length: Longest training example in tokens; longer ones are truncated.
+            precision: auto (bf16 on GPUs that support it, else fp32), bf16, fp16 or fp32.
+            num_nodes: Training nodes. This release trains on one node.
+            gpus_per_node: GPUs per training node. This release trains on one GPU.
+            max_eval_records: Held-out records used for the generation metrics of base and tuned models.
+            max_new_tokens: Longest generation in evaluation and the default for served requests.
+            gate_min_exact_match_gain: Deploy only if tuned exact match exceeds base by at least this much.
+            gate_max_val_loss: Deploy only if the tuned validation loss is at most this (0 = no limit).
+            registered_model_name: MLflow registered model name for the merged checkpoint.
+            serving_mode: hf (Triton python backend with transformers). trtllm-engine and trtllm-llmapi
+                are not available in this release.
+            quantization: none. fp8 needs a TensorRT-LLM serving mode (not available in this release).
+            served_model_name: Model name in the Triton repository and in request URLs.
+            rollout_target: local (a Triton server inside the rollout task, smoke-tested, then stopped) or
+                kubernetes (not available in this release).
+            triton_replicas: Triton server replicas (kubernetes target).
+            namespace: Kubernetes namespace for the Triton deployment (kubernetes target).
+            mlflow_tracking_uri: MLflow tracking server, e.g. http://mlflow.mlflow.svc:5000. Empty: the
+                MLFLOW_TRACKING_URI of the pod, else tracking is off. "disabled" turns it off.
+            mlflow_experiment: MLflow experiment that groups the runs of this pipeline.
+        """
+        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        tracking = {
+            "mlflow_tracking_uri": mlflow_tracking_uri,
+            "mlflow_experiment": mlflow_experiment,
+            "pipeline_run": run,
+            "storage_root": storage_root,
+        }
+
+        exit_task = configure(finalize_op(**tracking), "finalize", "Record outcome", cache=False, retries=0)
+        with dsl.ExitHandler(exit_task, name="Fine-tune and serve"):
+            curate = configure(
+                curate_op(
+                    train_data_uri=train_data_uri,
+                    eval_data_uri=eval_data_uri,
+                    val_fraction=val_fraction,
+                    **tracking,
+                ),
+                "curate",
+                "Curate data",
+                cache=True,
+                retries=NETWORK_RETRIES,
+            )
+            train = configure(
+                train_op(
+                    base_model_uri=base_model_uri,
+                    dataset=curate.outputs["dataset"],
+                    lora_r=lora_r,
+                    lora_alpha=lora_alpha,
+                    lora_dropout=lora_dropout,
+                    lora_target_modules=lora_target_modules,
+                    epochs=epochs,
+                    max_steps=max_steps,
+                    learning_rate=learning_rate,
+                    micro_batch_size=micro_batch_size,
+                    global_batch_size=global_batch_size,
+                    max_length=max_length,
+                    precision=precision,
+                    num_nodes=num_nodes,
+                    gpus_per_node=gpus_per_node,
+                    **tracking,
+                ),
+                "train",
+                "LoRA fine-tune",
+                cache=True,
+                retries=NETWORK_RETRIES,
+            )
+            evaluate = configure(
+                evaluate_op(
+                    base_model_uri=base_model_uri,
+                    adapter=train.outputs["adapter"],
+                    dataset=curate.outputs["dataset"],
+                    max_eval_records=max_eval_records,
+                    max_new_tokens=max_new_tokens,
+                    gate_min_exact_match_gain=gate_min_exact_match_gain,
+                    gate_max_val_loss=gate_max_val_loss,
+                    **tracking,
+                ),
+                "evaluate",
+                "Evaluate base vs tuned",
+                cache=True,
+                retries=NETWORK_RETRIES,
+            )
+            with dsl.If(evaluate.outputs["Output"] == "passed", name="Gate passed"):
+                export = configure(
+                    export_op(
+                        base_model_uri=base_model_uri,
+                        adapter=train.outputs["adapter"],
+                        dataset=curate.outputs["dataset"],
+                        registered_model_name=registered_model_name,
+                        **tracking,
+                    ),
+                    "export",
+                    "Export HF checkpoint",
+                    cache=True,
+                    retries=NETWORK_RETRIES,
+                )
+                build = configure(
+                    build_op(
+                        merged_model=export.outputs["merged_model"],
+                        serving_mode=serving_mode,
+                        quantization=quantization,
+                        model_name=served_model_name,
+                        max_new_tokens=max_new_tokens,
+                        **tracking,
+                    ),
+                    "build",
+                    "Build model repository",
+                    cache=True,
+                    retries=NETWORK_RETRIES,
+                )
+                configure(
+                    rollout_op(
+                        repository=build.outputs["repository"],
+                        target=rollout_target,
+                        triton_replicas=triton_replicas,
+                        namespace=namespace,
+                        **tracking,
+                    ),
+                    "rollout",
+                    "Roll out on Triton",
+                    cache=False,
+                    retries=NETWORK_RETRIES,
+                )
+
+    return llm_finetune
+
+
+llm_finetune = build_pipeline()

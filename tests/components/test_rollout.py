@@ -1,0 +1,269 @@
+"""Rollout step: a real tritonserver (nvidia-pytriton wheel) on 127.0.0.1 serving the hf repository.
+
+The tiny random model's generations are gibberish, but they come from the real path:
+build -> config.pbtxt + model.py -> python backend stub -> transformers -> generate extension.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sysconfig
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from components import storage
+from components.build.build import BuildConfig, build
+from components.prompt import render_prompt
+from components.rollout import local_triton
+from components.rollout.rollout import RolloutConfig, RolloutError, _local_repository, rollout
+from components.rollout.smoke import generate_http, infer_grpc
+from components.sample.tiny_model import TinyModelConfig, build_tiny_model
+
+STARTUP_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model(TinyModelConfig(output=str(output)))
+    return output
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_model, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("build") / "repository"
+    build(BuildConfig(model=str(tiny_model), output=str(output), max_new_tokens=12, device="cpu"))
+    return output
+
+
+@pytest.fixture(scope="module")
+def served(repository, tmp_path_factory):
+    """One server for the request tests, left running by keep_running and stopped at the end."""
+    workdir = tmp_path_factory.mktemp("served")
+    result = rollout(
+        RolloutConfig(
+            repository=str(repository),
+            keep_running=True,
+            workdir=str(workdir),
+            startup_timeout_s=STARTUP_TIMEOUT_S,
+        )
+    )
+    yield result
+    local_triton.stop_from_info(workdir)
+
+
+def _alive(pid: int) -> bool:
+    return local_triton._is_tritonserver(pid)
+
+
+def _generate(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/v2/models/llm/generate", data=json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+# --- refusals: nothing is started --------------------------------------------------------
+
+
+def test_kubernetes_target_is_refused(tmp_path):
+    config = RolloutConfig(
+        repository=str(tmp_path / "missing"), target="kubernetes", workdir=str(tmp_path / "w")
+    )
+    with pytest.raises(RolloutError, match="kubernetes"):
+        rollout(config)
+    assert not (tmp_path / "w").exists()
+
+
+def test_incomplete_repository_is_refused(repository, tmp_path):
+    incomplete = tmp_path / "repository"
+    shutil.copytree(repository, incomplete)
+    (incomplete / storage.MANIFEST_NAME).unlink()
+    with pytest.raises(storage.IncompleteDirectoryError):
+        rollout(RolloutConfig(repository=str(incomplete), workdir=str(tmp_path / "w")))
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_model_and_trtllm_repository_are_refused(repository, tmp_path):
+    with pytest.raises(RolloutError, match="no model 'other'"):
+        rollout(RolloutConfig(repository=str(repository), model_name="other", workdir=str(tmp_path / "w")))
+    engine_repo = tmp_path / "engine"
+    (engine_repo / "llm").mkdir(parents=True)
+    (engine_repo / "llm" / "config.pbtxt").write_text('backend: "tensorrtllm"\n')
+    storage.publish_dir(engine_repo, str(engine_repo), "llmft.build", {"serving_mode": "trtllm-engine"})
+    with pytest.raises(RolloutError, match="trtllm"):
+        rollout(RolloutConfig(repository=str(engine_repo), workdir=str(tmp_path / "w")))
+    assert not (tmp_path / "w").exists()
+
+
+def test_server_environment_and_command_stay_on_loopback(tmp_path):
+    dist = local_triton.pytriton_dist_dir()
+    env = local_triton.server_env(dist, base={"LD_LIBRARY_PATH": "/x", "PATH": "/bin"})
+    libdirs = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert libdirs[0] == sysconfig.get_config_var("LIBDIR")  # before any system libpython
+    assert str(local_triton.pytriton_libs_dir(dist)) in libdirs and libdirs[-1] == "/x"
+    assert sysconfig.get_paths()["purelib"] in env["PYTHONPATH"].split(os.pathsep)
+    command = local_triton.server_command(Path("/srv"), tmp_path, 1234, 1235)
+    assert "--http-address=127.0.0.1" in command and "--grpc-address=127.0.0.1" in command
+    assert "--allow-metrics=false" in command
+    assert not any("0.0.0.0" in part for part in command)
+
+
+def test_stop_refuses_a_pid_that_is_not_tritonserver():
+    assert local_triton.stop_local_server(os.getpid()) is False  # and this test is still alive
+
+
+def test_model_load_failure_reports_the_server_log(repository, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(repository, broken)
+    model_py = broken / "llm" / "1" / "model.py"
+    model_py.write_text(model_py.read_text() + "\nraise RuntimeError('deliberately broken model')\n")
+    storage.publish_dir(broken, str(broken), "llmft.build", {"serving_mode": "hf"})
+    with pytest.raises(RolloutError, match="deliberately broken model") as info:
+        rollout(RolloutConfig(repository=str(broken), workdir=str(tmp_path / "w"), startup_timeout_s=60))
+    assert "exited with code" in str(info.value)
+
+
+# --- one real server, left running ------------------------------------------------------
+
+
+def test_rollout_keeps_server_running_and_reports_it(served):
+    assert served.healthy and served.target == "local"
+    assert served.endpoint_http.startswith("http://127.0.0.1:")
+    assert served.endpoint_grpc.startswith("127.0.0.1:")
+    assert isinstance(served.sample_output, str) and served.sample_output
+    assert _alive(served.server_pid)
+    info = local_triton.read_server_info(served.server_info)
+    assert (info.pid, info.http_url, info.grpc_url) == (
+        served.server_pid,
+        served.endpoint_http,
+        served.endpoint_grpc,
+    )
+    assert served.endpoint_http in served.summary() and served.sample_output in served.summary()
+
+
+def test_generate_over_http_matches_local_greedy_decoding(served, tiny_model):
+    """The server applies the training template and decodes greedily: same text as in-process."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt = "Is this review positive or negative? the staff was rude"
+    served_text = generate_http(served.endpoint_http, "llm", prompt, max_tokens=10)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    ids = [tokenizer.bos_token_id, *tokenizer(render_prompt(prompt), add_special_tokens=False)["input_ids"]]
+    with torch.inference_mode():
+        output = model.generate(
+            torch.tensor([ids]), max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    new = output[0, len(ids) :].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    assert served_text == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_generate_defaults_sampling_and_errors(served):
+    status, body = _generate(served.endpoint_http, {"text_input": "hello"})
+    assert status == 200 and isinstance(body["text_output"], str)  # max_new_tokens from config.pbtxt
+    status, body = _generate(
+        served.endpoint_http, {"text_input": "hello", "max_tokens": 4, "temperature": 0.8}
+    )
+    assert status == 200 and isinstance(body["text_output"], str)
+    status, body = _generate(served.endpoint_http, {"text_input": "hello", "max_tokens": 0})
+    assert status == 400 and "max_tokens" in body["error"]
+
+
+def test_grpc_infer_returns_text(served):
+    text = infer_grpc(served.endpoint_grpc, "llm", "Classify: the room was dirty", max_tokens=8)
+    assert isinstance(text, str) and text
+
+
+def test_batched_and_concurrent_requests(served):
+    client = httpclient.InferenceServerClient(url=served.endpoint_http.removeprefix("http://"))
+    try:
+        prompts = np.array([[b"one"], [b"two two"], ["dr\xc3\xbci {x}".encode()]], dtype=np.object_)
+        text = httpclient.InferInput("text_input", [3, 1], "BYTES")
+        text.set_data_from_numpy(prompts)
+        tokens = httpclient.InferInput("max_tokens", [3, 1], "INT32")
+        tokens.set_data_from_numpy(np.array([[2], [5], [3]], dtype=np.int32))
+        result = client.infer("llm", [text, tokens]).as_numpy("text_output")
+        assert result.shape == (3, 1)
+        assert all(isinstance(item.decode("utf-8"), str) for item in result.ravel())
+    finally:
+        client.close()
+
+    # Concurrent requests reach the dynamic batcher together; each gets its own answer.
+    outputs: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def call(index: int) -> None:
+        try:
+            outputs[index] = generate_http(served.endpoint_http, "llm", f"request {index}", max_tokens=6)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and sorted(outputs) == list(range(6))
+
+
+def test_second_server_in_a_busy_workdir_is_refused(served, repository):
+    with pytest.raises(local_triton.LocalServerError, match="still runs"):
+        local_triton.start_local_server(repository, Path(served.server_info).parent)
+
+
+# --- a rollout that stops its server ------------------------------------------------------
+
+
+def test_rollout_stops_the_server_after_the_smoke_test(repository, tmp_path):
+    result = rollout(
+        RolloutConfig(repository=str(repository), workdir=str(tmp_path), startup_timeout_s=STARTUP_TIMEOUT_S)
+    )
+    assert result.healthy
+    assert isinstance(result.sample_output, str) and result.sample_output
+    assert result.server_info is None
+    assert not _alive(result.server_pid)
+    assert not (tmp_path / "server.json").exists()
+    assert not (tmp_path / local_triton.SERVER_DIRNAME).exists()  # the server copy is cleaned up
+    assert "successfully loaded 'llm'" in Path(result.log_path).read_text()
+
+
+def test_s3_repository_is_downloaded_for_the_local_target(repository, tmp_path, monkeypatch):
+    moto = pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LLMFT_CACHE", str(tmp_path))
+    storage._s3_client.cache_clear()
+    try:
+        with moto.mock_aws():
+            boto3.client("s3").create_bucket(Bucket="llmft")
+            manifest = storage.read_manifest(str(repository))
+            storage.publish_dir(repository, "s3://llmft/repo", manifest.producer, manifest.metadata)
+            local = _local_repository(RolloutConfig(repository="s3://llmft/repo"))
+            assert local != repository and local.is_relative_to(tmp_path)
+            assert (local / "llm" / "1" / "model.py").read_bytes() == (
+                repository / "llm/1/model.py"
+            ).read_bytes()
+    finally:
+        storage._s3_client.cache_clear()
