@@ -69,6 +69,11 @@ def copy_report(report_uri: str, artifact: ArtifactLike) -> None:
     Path(artifact.path).write_text(storage.read_text(report_uri), encoding="utf-8")
 
 
+def summary_uri(storage_root: str, pipeline_run: str, step: str) -> str:
+    """Where a step leaves its result for people and for `llmft local`'s closing recap."""
+    return storage.join(storage_root, "runs", pipeline_run, "summaries", f"{step}.json")
+
+
 def run_component_step(
     step: str,
     function: Callable[..., ResultT],
@@ -76,16 +81,24 @@ def run_component_step(
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     pipeline_run: str,
-    local_dir: str | None = None,
+    storage_root: str,
 ) -> tuple[ResultT, str | None]:
-    """Run a step inside a KFP task: logging to stdout, MLflow run, a readable summary."""
+    """Run a step inside a KFP task: logs to stdout, an MLflow run, a summary kept with the run."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
         force=True,
     )
-    uri = tracking.resolve_tracking_uri(mlflow_tracking_uri, local_dir)
+    uri = tracking.resolve_tracking_uri(mlflow_tracking_uri, storage_root)
     result, mlflow_run_id = tracking.run_step(step, function, config, uri, mlflow_experiment, pipeline_run)
-    print(f"\n== {step} ==\n{result.summary()}\n", flush=True)
+    summary = result.summary()
+    print(f"\n== {step} ==\n{summary}\n", flush=True)
+    record = {
+        "step": step,
+        "summary": summary,
+        "result": result.model_dump(mode="json"),
+        "mlflow_run_id": mlflow_run_id,
+    }
+    storage.write_text(summary_uri(storage_root, pipeline_run, step), json.dumps(record, indent=2))
     return result, mlflow_run_id

@@ -9,9 +9,15 @@ target: a real Triton server on 127.0.0.1 answering a generate request.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import sys
+import textwrap
 import time
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +43,54 @@ LOCAL_PARAMETERS: dict[str, Any] = {
 }
 
 
+PIPELINE_STEPS = ("curate", "train", "evaluate", "export", "build", "rollout")
+
+
+class KfpLogFilter(io.TextIOBase):
+    """Keep kfp.local's full log in a file; show the terminal everything but executor boilerplate.
+
+    kfp.local echoes each task's output, including the executor's JSON dump of its inputs
+    and its "[KFP Executor ...]" bookkeeping lines: useful when debugging, noise otherwise.
+    """
+
+    def __init__(self, terminal: typing.TextIO, log_file: typing.TextIO) -> None:
+        self.terminal = terminal
+        self.log_file = log_file
+        self._pending = ""
+        self._in_json_dump = False
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if self._show(line):
+                self.terminal.write(line + "\n")
+        return len(text)
+
+    def _show(self, line: str) -> bool:
+        body = line.strip()
+        if self._in_json_dump:
+            # The dump is indented JSON that ends with a closing brace at its first level.
+            self._in_json_dump = not (body == "}" and line.startswith("    }"))
+            return False
+        if "Got executor_input:" in body:
+            self._in_json_dump = True
+            return False
+        return not (body.startswith("[KFP Executor") or "Wrote executor output file" in body)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+        self.log_file.flush()
+
+
 @dataclass
 class LocalRun:
     workdir: Path
     pipeline_run: str
     outcome: dict[str, Any]
     seconds: float
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -88,6 +136,10 @@ def run_local(
     base_model = ensure_base_model(workdir)
     known_runs = {path.name for path in (storage_root / "runs").glob("*")}
 
+    # kfp.local warns that cluster settings (resources, display names) and our image names
+    # do not apply to subprocess runs: expected here, where the same code runs unpackaged.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(workdir / "kfp"),
@@ -102,25 +154,37 @@ def run_local(
         "storage_root": str(storage_root),
         **(overrides or {}),
     }
-    pipeline(**parameters)
+    log_path = workdir / "local-run.log"
+    with (
+        open(log_path, "a", encoding="utf-8") as log_file,
+        contextlib.redirect_stdout(KfpLogFilter(sys.stdout, log_file)),
+    ):
+        pipeline(**parameters)
 
     run_id = _newest_run(storage_root, known_runs)
     run_dir = storage_root / "runs" / run_id
     outcome = (
         json.loads((run_dir / "outcome.json").read_text()) if (run_dir / "outcome.json").exists() else {}
     )
+    summaries = {
+        step: json.loads(path.read_text())
+        for step in PIPELINE_STEPS
+        if (path := run_dir / "summaries" / f"{step}.json").exists()
+    }
     outputs = {
         "adapter": run_dir / "train" / "adapter",
         "evaluation report": run_dir / "evaluate" / "report.html",
         "merged checkpoint": run_dir / "export",
         "Triton model repository": run_dir / "build",
         "MLflow store": storage_root / "mlflow.db",
+        "full log": log_path,
     }
     return LocalRun(
         workdir=workdir,
         pipeline_run=run_id,
         outcome=outcome,
         seconds=time.perf_counter() - started,
+        summaries=summaries,
         outputs={name: str(path) for name, path in outputs.items() if path.exists()},
     )
 
@@ -158,11 +222,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def local_command(args: argparse.Namespace) -> int:
     run = run_local(args.workdir, args.data, args.eval_data, parse_overrides(args.param))
     print("\n" + "=" * 72)
-    print(f"llmft local run {run.pipeline_run}: {run.outcome.get('state', 'UNKNOWN')} in {run.seconds:.0f} s")
+    print(
+        f"llmft local run {run.pipeline_run}: {run.outcome.get('state', 'UNKNOWN')} in {run.seconds:.0f} s\n"
+    )
+    for step, record in run.summaries.items():
+        print(f"[{step}]")
+        print(textwrap.indent(record["summary"], "  "))
+    if "evaluate" in run.summaries and "export" not in run.summaries:
+        print("\nThe gate did not pass: the model was not exported, built or rolled out.")
+    print()
     for name, path in run.outputs.items():
-        print(f"  {name}: {path}")
+        print(f"{name}: {path}")
     if not run.succeeded:
-        print(
-            f"  failed task: {run.outcome.get('failed_task') or '?'}: {run.outcome.get('error_message', '')}"
-        )
-    return 0 if run.succeeded else 1
+        failed = run.outcome.get("failed_task") or "?"
+        print(f"\nfailed task: {failed}: {run.outcome.get('error_message', '')}")
+    return 0 if run.succeeded and "rollout" in run.summaries else 1

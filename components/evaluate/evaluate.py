@@ -35,7 +35,8 @@ from components import storage
 from components.evaluate import metrics
 from components.evaluate.report import render_report
 from components.records import Record, read_records
-from components.train.data import IGNORE_INDEX, EncodedExample, collate, encode_record, prompt_ids
+from components.train.data import EncodedExample, encode_record, prompt_ids
+from components.train.loss import validation_loss
 
 log = logging.getLogger(__name__)
 
@@ -335,36 +336,6 @@ def attach_adapter(model: Any, adapter_dir: Path, adapter_uri: str, base_uri: st
 
 
 # --- model passes --------------------------------------------------------------------------
-
-
-def validation_loss(
-    model: Any,
-    examples: list[EncodedExample],
-    batch_size: int,
-    pad_id: int,
-    device: str,
-    desc: str = "val loss",
-) -> tuple[float, int]:
-    """(mean loss per response token, token count) over all examples; the same loss as train's."""
-    import torch
-    from tqdm.auto import tqdm
-
-    # Longest first: padding shrinks, and an out-of-memory batch fails at once, not at the end.
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    total_loss, total_tokens = 0.0, 0
-    with torch.inference_mode():
-        for indices in tqdm(batches, desc=desc, unit="batch", disable=None):
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            labels = batch["labels"][:, 1:]
-            mask = labels != IGNORE_INDEX
-            # Only the scored positions go to float32: full-vocabulary logits for the
-            # whole batch in float32 would dominate memory on large vocabularies.
-            selected = logits[:, :-1][mask].float()
-            total_loss += torch.nn.functional.cross_entropy(selected, labels[mask], reduction="sum").item()
-            total_tokens += int(mask.sum().item())
-    return (total_loss / total_tokens if total_tokens else math.nan), total_tokens
 
 
 def generate_responses(

@@ -29,6 +29,7 @@ from components import storage
 from components.records import Record, read_records
 from components.tracking import NULL_TRACKER, Tracker
 from components.train.data import EncodedExample, collate, encode_record
+from components.train.loss import validation_loss
 
 log = logging.getLogger(__name__)
 
@@ -151,30 +152,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
-
-
-def validation_loss(
-    model: Any, examples: list[EncodedExample], batch_size: int, pad_id: int, device: Any
-) -> float:
-    """Mean cross-entropy per response token (weighted by tokens, not by batch)."""
-    import torch
-
-    total_loss, total_tokens = 0.0, 0
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            batch = {
-                k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()
-            }
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            shifted = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)), shifted.reshape(-1), reduction="sum"
-            )
-            total_loss += loss.item()
-            total_tokens += int((shifted != -100).sum())
-    model.train()
-    return total_loss / max(total_tokens, 1)
 
 
 def _save_checkpoint(
@@ -347,11 +324,7 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
         epoch += 1
     progress.close()
 
-    val_loss = (
-        validation_loss(model, val_examples, config.micro_batch_size, pad_id, device)
-        if val_examples
-        else float("nan")
-    )
+    val_loss, _ = validation_loss(model, val_examples, config.micro_batch_size, pad_id, device)
     tracker.log_metrics({"val_loss": val_loss}, step=step)
     runtime = time.perf_counter() - started
     _save_checkpoint(model, optimizer, scheduler, step, epoch, config.output, config.keep_checkpoints)

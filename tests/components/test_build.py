@@ -196,36 +196,15 @@ def test_model_file_is_shipped_with_the_package():
     assert "class TritonPythonModel" in MODEL_FILE.read_text(encoding="utf-8")
 
 
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    """An in-process S3 (moto); storage's cached client is rebuilt inside the mock."""
-    moto = pytest.importorskip("moto")
-    boto3 = pytest.importorskip("boto3")
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMFT_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache").mkdir()
-    storage._s3_client.cache_clear()
-    try:
-        with moto.mock_aws():
-            boto3.client("s3").create_bucket(Bucket="llmft")
-            yield
-    finally:
-        storage._s3_client.cache_clear()
-
-
-def test_s3_model_to_s3_repository(tiny_model, s3):
-    storage.publish_dir(tiny_model, "s3://llmft/merged", producer="test")
-    result = build(BuildConfig(model="s3://llmft/merged", output="s3://llmft/repo", model_name="a"))
-    manifest = storage.require_complete("s3://llmft/repo")
+def test_s3_model_to_s3_repository(tiny_model, s3_bucket):
+    merged, repo = s3_bucket.uri("merged"), s3_bucket.uri("repo")
+    storage.publish_dir(tiny_model, merged, producer="test")
+    result = build(BuildConfig(model=merged, output=repo, model_name="a"))
+    manifest = storage.require_complete(repo)
     assert manifest.digest == result.manifest_digest
     assert "a/1/checkpoint/model.safetensors" in {entry.path for entry in manifest.files}
-    config = parse_config(storage.read_text("s3://llmft/repo/a/config.pbtxt"))
+    config = parse_config(storage.read_text(s3_bucket.uri("repo/a/config.pbtxt")))
     assert config.name == "a"
     # A rebuild under another name leaves no trace of the first model in the bucket.
-    build(BuildConfig(model="s3://llmft/merged", output="s3://llmft/repo", model_name="b"))
-    assert storage.list_dirs("s3://llmft/repo") == ["b"]
+    build(BuildConfig(model=merged, output=repo, model_name="b"))
+    assert storage.list_dirs(repo) == ["b"]

@@ -166,8 +166,9 @@ def test_gzip_input(tmp_path: Path) -> None:
 
 
 def test_parquet_input(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     source = tmp_path / "data.parquet"
     # Mixed formats in one table: each row has the other format's columns as null.
     table = pa.Table.from_pylist(
@@ -529,43 +530,24 @@ def test_config_from_file(tmp_path: Path) -> None:
         CurateConfig.from_file(tmp_path / "missing.yaml")
 
 
-def test_s3_input_and_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    moto = pytest.importorskip("moto")
-    boto3 = pytest.importorskip("boto3")
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LLMFT_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache").mkdir()
-    storage._s3_client.cache_clear()
-    try:
-        with moto.mock_aws():
-            client = boto3.client("s3")
-            client.create_bucket(Bucket="data")
-            body = "\n".join(json.dumps(line) for line in [GOOD, {"input": "q"}]) + "\n"
-            client.put_object(Bucket="data", Key="raw/data.jsonl", Body=body.encode())
-            result = curate(
-                CurateConfig(
-                    inputs=["s3://data/raw/data.jsonl"], output="s3://data/curated", val_fraction=0.0
-                )
-            )
-            assert (result.train_records + result.val_records, result.rejected) == (1, 1)
-            manifest = storage.require_complete("s3://data/curated")
-            assert manifest.digest == result.dataset_sha256
-            # A failed re-run into the same prefix removes the old manifest and leaves its rejects readable.
-            client.put_object(Bucket="data", Key="raw/bad.jsonl", Body=b"nope\n")
-            with pytest.raises(CurateError, match="all rejected"):
-                curate(CurateConfig(inputs=["s3://data/raw/bad.jsonl"], output="s3://data/curated"))
-            assert not storage.exists(f"s3://data/curated/{storage.MANIFEST_NAME}")
-            rejects = client.get_object(Bucket="data", Key="curated/rejects.jsonl")["Body"].read()
-            assert json.loads(rejects)["reason"] == "malformed_json"
-            with pytest.raises(CurateError, match="input file not found"):
-                curate(CurateConfig(inputs=["s3://data/raw/missing.jsonl"], output="s3://data/x"))
-    finally:
-        storage._s3_client.cache_clear()
+def test_s3_input_and_output(s3_bucket) -> None:
+    client, bucket = s3_bucket.client, s3_bucket.name
+    body = "\n".join(json.dumps(line) for line in [GOOD, {"input": "q"}]) + "\n"
+    client.put_object(Bucket=bucket, Key="raw/data.jsonl", Body=body.encode())
+    source, output = s3_bucket.uri("raw/data.jsonl"), s3_bucket.uri("curated")
+    result = curate(CurateConfig(inputs=[source], output=output, val_fraction=0.0))
+    assert (result.train_records + result.val_records, result.rejected) == (1, 1)
+    manifest = storage.require_complete(output)
+    assert manifest.digest == result.dataset_sha256
+    # A failed re-run into the same prefix removes the old manifest and leaves its rejects readable.
+    client.put_object(Bucket=bucket, Key="raw/bad.jsonl", Body=b"nope\n")
+    with pytest.raises(CurateError, match="all rejected"):
+        curate(CurateConfig(inputs=[s3_bucket.uri("raw/bad.jsonl")], output=output))
+    assert not storage.exists(storage.join(output, storage.MANIFEST_NAME))
+    rejects = client.get_object(Bucket=bucket, Key="curated/rejects.jsonl")["Body"].read()
+    assert json.loads(rejects)["reason"] == "malformed_json"
+    with pytest.raises(CurateError, match="input file not found"):
+        curate(CurateConfig(inputs=[s3_bucket.uri("raw/missing.jsonl")], output=s3_bucket.uri("x")))
 
 
 # --- the shipped sample ----------------------------------------------------------------

@@ -447,12 +447,12 @@ def test_adapter_of_another_base_model_is_refused(workspace, tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu
 def test_evaluate_on_cuda_agrees_with_cpu(workspace):
     """bf16 on the GPU, float32 on the CPU: the same adapter must score about the same."""
     import torch
 
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+    assert torch.cuda.is_available(), "gpu tests run on a CUDA machine: pytest -m gpu"
     root = Path(workspace["root"])
     common = {
         "base_model": workspace["base"],

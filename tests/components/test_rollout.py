@@ -244,26 +244,10 @@ def test_rollout_stops_the_server_after_the_smoke_test(repository, tmp_path):
     assert "successfully loaded 'llm'" in Path(result.log_path).read_text()
 
 
-def test_s3_repository_is_downloaded_for_the_local_target(repository, tmp_path, monkeypatch):
-    moto = pytest.importorskip("moto")
-    boto3 = pytest.importorskip("boto3")
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+def test_s3_repository_is_downloaded_for_the_local_target(repository, tmp_path, monkeypatch, s3_bucket):
     monkeypatch.setenv("LLMFT_CACHE", str(tmp_path))
-    storage._s3_client.cache_clear()
-    try:
-        with moto.mock_aws():
-            boto3.client("s3").create_bucket(Bucket="llmft")
-            manifest = storage.read_manifest(str(repository))
-            storage.publish_dir(repository, "s3://llmft/repo", manifest.producer, manifest.metadata)
-            local = _local_repository(RolloutConfig(repository="s3://llmft/repo"))
-            assert local != repository and local.is_relative_to(tmp_path)
-            assert (local / "llm" / "1" / "model.py").read_bytes() == (
-                repository / "llm/1/model.py"
-            ).read_bytes()
-    finally:
-        storage._s3_client.cache_clear()
+    manifest = storage.read_manifest(str(repository))
+    storage.publish_dir(repository, s3_bucket.uri("repo"), manifest.producer, manifest.metadata)
+    local = _local_repository(RolloutConfig(repository=s3_bucket.uri("repo")))
+    assert local != repository and local.is_relative_to(tmp_path)
+    assert (local / "llm" / "1" / "model.py").read_bytes() == (repository / "llm/1/model.py").read_bytes()
