@@ -69,11 +69,19 @@ def _transfer_config() -> Any:
 
 
 def exists(uri: str) -> bool:
+    """True for an existing file, or a directory (on S3: a prefix followed by "/")."""
     if not is_s3(uri):
         return Path(uri).exists()
     bucket, key = split_s3(uri)
-    response = _s3_client().list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/"), MaxKeys=1)
-    return response.get("KeyCount", 0) > 0
+    key = key.rstrip("/")
+    client = _s3_client()
+    if key:
+        # An object named exactly `key` sorts first among the keys that start with it.
+        first = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        if first and first[0]["Key"] == key:
+            return True
+    prefix = f"{key}/" if key else ""
+    return client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
 
 
 def read_text(uri: str) -> str:
@@ -112,13 +120,18 @@ def upload_file(local_path: str | Path, uri: str) -> None:
         shutil.copyfile(local_path, uri)
 
 
-def _list_s3(uri: str) -> list[str]:
+def _list_s3_sizes(uri: str) -> dict[str, int]:
+    """Every object under an S3 "directory": its path relative to `uri` and its size."""
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/"
-    keys: list[str] = []
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    sizes: dict[str, int] = {}
     for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
-    return keys
+        sizes.update((item["Key"][len(prefix) :], item["Size"]) for item in page.get("Contents", []))
+    return sizes
+
+
+def _list_s3(uri: str) -> list[str]:
+    return list(_list_s3_sizes(uri))
 
 
 def list_dirs(uri: str) -> list[str]:
@@ -127,6 +140,15 @@ def list_dirs(uri: str) -> list[str]:
         root = Path(uri)
         return sorted(path.name for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
     return sorted({key.split("/", 1)[0] for key in _list_s3(uri) if "/" in key})
+
+
+def _remove_file(uri: str) -> None:
+    """Delete one file if it exists."""
+    if not is_s3(uri):
+        Path(uri).unlink(missing_ok=True)
+        return
+    bucket, key = split_s3(uri)
+    _s3_client().delete_object(Bucket=bucket, Key=key)  # S3 deletes are idempotent
 
 
 def remove_dir(uri: str) -> None:
@@ -213,6 +235,9 @@ def publish_dir(
     manifest = build_manifest(local_dir, producer, metadata)
     same_place = not is_s3(uri) and Path(uri).resolve() == Path(local_dir).resolve()
     if not same_place:
+        # An earlier manifest at `uri` would vouch for a mix of old and new files while
+        # they are copied (or forever, if the copy fails): drop it before the first file.
+        _remove_file(join(uri, MANIFEST_NAME))
         for entry in manifest.files:
             upload_file(Path(local_dir) / entry.path, join(uri, entry.path))
     write_text(join(uri, MANIFEST_NAME), manifest.to_json())
@@ -239,11 +264,11 @@ def require_complete(uri: str) -> Manifest:
             if not path.is_file() or path.stat().st_size != entry.size:
                 raise IncompleteDirectoryError(f"{path} is missing or does not match {MANIFEST_NAME}")
     else:
-        present = set(_list_s3(uri))
-        missing = [entry.path for entry in manifest.files if entry.path not in present]
+        present = _list_s3_sizes(uri)
+        missing = [entry.path for entry in manifest.files if present.get(entry.path) != entry.size]
         if missing:
             raise IncompleteDirectoryError(
-                f"{uri} lacks {len(missing)} files listed in its manifest: {missing[:5]}"
+                f"{uri}: {len(missing)} files listed in its manifest are missing or resized: {missing[:5]}"
             )
     return manifest
 
@@ -257,16 +282,23 @@ def localize_dir(uri: str, cache_root: str | Path | None = None) -> Path:
     local = cache_root / "llmft-cache" / manifest.digest
     if (local / MANIFEST_NAME).exists():
         return local
-    staging = Path(tempfile.mkdtemp(dir=cache_root))
-    for entry in manifest.files:
-        download_file(join(uri, entry.path), staging / entry.path)
-        if sha256_file(staging / entry.path) != entry.sha256:
-            raise IncompleteDirectoryError(
-                f"{join(uri, entry.path)} does not match its sha256 in the manifest"
-            )
-    (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     local.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(local)
+    staging = Path(tempfile.mkdtemp(dir=local.parent, prefix=".staging-"))
+    try:
+        for entry in manifest.files:
+            download_file(join(uri, entry.path), staging / entry.path)
+            if sha256_file(staging / entry.path) != entry.sha256:
+                raise IncompleteDirectoryError(
+                    f"{join(uri, entry.path)} does not match its sha256 in the manifest"
+                )
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        try:
+            staging.rename(local)
+        except OSError:
+            if not (local / MANIFEST_NAME).exists():  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return local
 
 

@@ -92,7 +92,23 @@ class Tracker:
         except MlflowException as error:
             if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
                 raise
-        version = client.create_model_version(name, source=source, run_id=self.run_id, tags=dict(tags))
+        try:
+            version = client.create_model_version(name, source=source, run_id=self.run_id, tags=dict(tags))
+        except MlflowException as error:
+            # A tracking server refuses local paths outside the run's artifact directory
+            # (it cannot read them); the model stays where it is, just unregistered.
+            local_source = "://" not in source or source.startswith("file:")
+            if not (local_source and "INVALID_PARAMETER_VALUE" in str(error.error_code)):
+                raise
+            log.warning(
+                "%s not registered as a version of %r: the MLflow server at %s does not accept a "
+                "local path as a model source (%s); write the model to s3:// to register it",
+                source,
+                name,
+                self.tracking_uri,
+                error.message,
+            )
+            return None
         return str(version.version)
 
 

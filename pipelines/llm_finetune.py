@@ -25,8 +25,16 @@ TTL_SECONDS = 7 * 24 * 3600  # finished runs' pods and workflow objects go after
 NETWORK_RETRIES = 3
 
 
-def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | None = None):
-    """Return the llm_finetune pipeline with images and resource profiles applied."""
+def build_pipeline(
+    profiles: PipelineProfiles | None = None,
+    images: Images | None = None,
+    network_retries: int = NETWORK_RETRIES,
+):
+    """Return the llm_finetune pipeline with images and resource profiles applied.
+
+    `network_retries` is how often KFP retries a step that touches the network (with
+    exponential backoff); local runs set it to 0, where a retry only repeats a failure.
+    """
     profiles = profiles or load_profiles(None)
     images = images or load_images()
 
@@ -141,7 +149,7 @@ def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | No
                 "curate",
                 "Curate data",
                 cache=True,
-                retries=NETWORK_RETRIES,
+                retries=network_retries,
             )
             train = configure(
                 train_op(
@@ -165,7 +173,7 @@ def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | No
                 "train",
                 "LoRA fine-tune",
                 cache=True,
-                retries=NETWORK_RETRIES,
+                retries=network_retries,
             )
             evaluate = configure(
                 evaluate_op(
@@ -181,7 +189,7 @@ def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | No
                 "evaluate",
                 "Evaluate base vs tuned",
                 cache=True,
-                retries=NETWORK_RETRIES,
+                retries=network_retries,
             )
             with dsl.If(evaluate.outputs["Output"] == "passed", name="Gate passed"):
                 export = configure(
@@ -195,7 +203,7 @@ def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | No
                     "export",
                     "Export HF checkpoint",
                     cache=True,
-                    retries=NETWORK_RETRIES,
+                    retries=network_retries,
                 )
                 build = configure(
                     build_op(
@@ -209,7 +217,7 @@ def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | No
                     "build",
                     "Build model repository",
                     cache=True,
-                    retries=NETWORK_RETRIES,
+                    retries=network_retries,
                 )
                 configure(
                     rollout_op(
@@ -222,7 +230,7 @@ def build_pipeline(profiles: PipelineProfiles | None = None, images: Images | No
                     "rollout",
                     "Roll out on Triton",
                     cache=False,
-                    retries=NETWORK_RETRIES,
+                    retries=network_retries,
                 )
 
     return llm_finetune

@@ -145,7 +145,7 @@ def run_local(
         pipeline_root=str(workdir / "kfp"),
         raise_on_error=False,
     )
-    pipeline = build_pipeline(load_profiles(None, preset="cpu"))
+    pipeline = build_pipeline(load_profiles(None, preset="cpu"), network_retries=0)
     parameters = {
         **LOCAL_PARAMETERS,
         "base_model_uri": base_model,

@@ -186,3 +186,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Llama-architecture base model of the local run (a complete HF checkpoint directory)."""
+    from components.sample.tiny_model import TinyModelConfig, build_tiny_model
+
+    output = tmp_path_factory.mktemp("tiny-base") / "model"
+    build_tiny_model(TinyModelConfig(output=str(output)))
+    return str(output)

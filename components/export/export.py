@@ -91,6 +91,9 @@ def export(config: ExportConfig, tracker: Tracker = NULL_TRACKER) -> ExportResul
 
     with tempfile.TemporaryDirectory() as staging:
         local = staging if storage.is_s3(config.output) else config.output
+        if local == config.output:
+            # Written in place: an earlier export's manifest must not vouch for half-written files.
+            (Path(local) / storage.MANIFEST_NAME).unlink(missing_ok=True)
         model.save_pretrained(local, safe_serialization=True, max_shard_size=config.max_shard_size)
         tokenizer.save_pretrained(local)
         manifest = storage.publish_dir(

@@ -91,8 +91,8 @@ def _review(rng: random.Random) -> tuple[str, str]:
 
 def _topic(rng: random.Random) -> tuple[str, str]:
     label = rng.choice(sorted(_TOPICS))
-    first, second = rng.sample(_TOPICS[label], 2)
-    return f"{rng.choice(_TOPIC_QUESTIONS)}: {first} and {second}.", label
+    first, second, third = rng.sample(_TOPICS[label], 3)
+    return f"{rng.choice(_TOPIC_QUESTIONS)}: {first}, {second} and {third}.", label
 
 
 def _as_format(index: int, prompt: str, response: str) -> dict:

@@ -1,0 +1,70 @@
+"""`llmft` step subcommands: flags from the typed configs, clear errors, the same functions as KFP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.sample.dataset import SAMPLE_PATH
+from pipelines.cli import load_step_config, main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    commands = ("local", "compile", "submit", "schedule", "curate", "train", "evaluate", "export", "build", "rollout")
+    for command in commands:
+        assert command in out
+
+
+def test_step_flags_come_from_config_descriptions(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--lora-r" in out and "LoRA rank" in out
+    assert "--learning-rate" in out and "default: 0.0002" in out
+
+
+def test_curate_command_runs_the_step(tmp_path, capsys):
+    exit_code = main(["curate", "--inputs", str(SAMPLE_PATH), "--output", str(tmp_path / "out"),
+                      "--mlflow-tracking-uri", "disabled", "--json"])
+    out = capsys.readouterr().out
+    assert exit_code == 0
+    assert "kept" in out and "malformed_json=1" in out
+    result = json.loads(out[out.index("{"):])
+    assert result["train_records"] > 400
+    assert (tmp_path / "out" / "train.jsonl").is_file()
+
+
+def test_config_file_and_flags_merge_with_flags_winning(tmp_path):
+    from components.train.train import TrainConfig
+
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("base_model: m\ndata: d\noutput: o\nlora:\n  r: 4\n  alpha: 8\nepochs: 1\n")
+    config = load_step_config(TrainConfig, str(config_file), {"lora.r": 32, "learning_rate": 1e-3})
+    assert (config.lora.r, config.lora.alpha, config.epochs, config.learning_rate) == (32, 8, 1, 1e-3)
+
+
+def test_invalid_settings_name_the_field(tmp_path):
+    from components.train.train import TrainConfig
+
+    with pytest.raises(SystemExit, match=r"lora.r: Input should be greater than or equal to 1"):
+        load_step_config(TrainConfig, None, {"base_model": "m", "data": "d", "output": "o", "lora.r": 0})
+
+
+def test_step_errors_exit_non_zero_with_the_reason(tmp_path, capsys):
+    exit_code = main(["curate", "--inputs", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"),
+                      "--mlflow-tracking-uri", "disabled"])
+    err = capsys.readouterr().err
+    assert exit_code == 1
+    assert "missing.jsonl" in err and "Traceback" not in err
+
+
+def test_unavailable_backend_is_refused(tmp_path, capsys):
+    exit_code = main(["train", "--base-model", str(tmp_path), "--data", str(tmp_path), "--output",
+                      str(tmp_path / "o"), "--backend", "nemo", "--mlflow-tracking-uri", "disabled"])
+    assert exit_code == 1
+    assert "backend='nemo' is not available" in capsys.readouterr().err
