@@ -15,8 +15,7 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    commands = ("local", "compile", "submit", "schedule", "curate", "train", "evaluate", "export", "build", "rollout")
-    for command in commands:
+    for command in "local compile submit schedule curate train evaluate export build rollout".split():
         assert command in out
 
 
