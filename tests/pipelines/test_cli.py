@@ -15,7 +15,18 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in "local compile submit schedule curate train evaluate export build rollout".split():
+    for command in [
+        "local",
+        "compile",
+        "submit",
+        "schedule",
+        "curate",
+        "train",
+        "evaluate",
+        "export",
+        "build",
+        "rollout",
+    ]:
         assert command in out
 
 
@@ -28,12 +39,22 @@ def test_step_flags_come_from_config_descriptions(capsys):
 
 
 def test_curate_command_runs_the_step(tmp_path, capsys):
-    exit_code = main(["curate", "--inputs", str(SAMPLE_PATH), "--output", str(tmp_path / "out"),
-                      "--mlflow-tracking-uri", "disabled", "--json"])
+    exit_code = main(
+        [
+            "curate",
+            "--inputs",
+            str(SAMPLE_PATH),
+            "--output",
+            str(tmp_path / "out"),
+            "--mlflow-tracking-uri",
+            "disabled",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert exit_code == 0
     assert "kept" in out and "malformed_json=1" in out
-    result = json.loads(out[out.index("{"):])
+    result = json.loads(out[out.index("{") :])
     assert result["train_records"] > 400
     assert (tmp_path / "out" / "train.jsonl").is_file()
 
@@ -55,15 +76,37 @@ def test_invalid_settings_name_the_field(tmp_path):
 
 
 def test_step_errors_exit_non_zero_with_the_reason(tmp_path, capsys):
-    exit_code = main(["curate", "--inputs", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"),
-                      "--mlflow-tracking-uri", "disabled"])
+    exit_code = main(
+        [
+            "curate",
+            "--inputs",
+            str(tmp_path / "missing.jsonl"),
+            "--output",
+            str(tmp_path / "o"),
+            "--mlflow-tracking-uri",
+            "disabled",
+        ]
+    )
     err = capsys.readouterr().err
     assert exit_code == 1
     assert "missing.jsonl" in err and "Traceback" not in err
 
 
 def test_unavailable_backend_is_refused(tmp_path, capsys):
-    exit_code = main(["train", "--base-model", str(tmp_path), "--data", str(tmp_path), "--output",
-                      str(tmp_path / "o"), "--backend", "nemo", "--mlflow-tracking-uri", "disabled"])
+    exit_code = main(
+        [
+            "train",
+            "--base-model",
+            str(tmp_path),
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            "--backend",
+            "nemo",
+            "--mlflow-tracking-uri",
+            "disabled",
+        ]
+    )
     assert exit_code == 1
     assert "backend='nemo' is not available" in capsys.readouterr().err

@@ -167,8 +167,7 @@ def test_images_come_from_the_images_file(compiled):
 def test_profile_overrides_reach_the_yaml(tmp_path):
     overrides = tmp_path / "profiles.yaml"
     overrides.write_text(
-        "train:\n  gpus: 4\n  shm_size: 32Gi\n  node_selector:\n    team: llm\n"
-        "evaluate:\n  gpus: 1\n"
+        "train:\n  gpus: 4\n  shm_size: 32Gi\n  node_selector:\n    team: llm\nevaluate:\n  gpus: 1\n"
     )
     path = compile_pipeline(tmp_path / "custom.yaml", profiles_file=str(overrides))
     spec, platform = yaml.safe_load_all(path.read_text())

@@ -98,8 +98,19 @@ def test_built_repository_serves_a_generate_request(finished_run):
 
 
 def test_gate_failure_stops_before_export(tmp_path, capsys):
-    exit_code = main(["local", "--workdir", str(tmp_path), "--param", "max_steps=2",
-                      "--param", "max_eval_records=8", "--param", "gate_min_exact_match_gain=2.0"])
+    exit_code = main(
+        [
+            "local",
+            "--workdir",
+            str(tmp_path),
+            "--param",
+            "max_steps=2",
+            "--param",
+            "max_eval_records=8",
+            "--param",
+            "gate_min_exact_match_gain=2.0",
+        ]
+    )
     out = capsys.readouterr().out
     assert exit_code == 1
     assert "gate: FAILED" in out
