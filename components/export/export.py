@@ -89,15 +89,13 @@ def export(config: ExportConfig, tracker: Tracker = NULL_TRACKER) -> ExportResul
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
+    # Always staged: the manifest then lists exactly this export's files, whatever an earlier
+    # export left at the same place (shard counts change with dtype and max_shard_size).
     with tempfile.TemporaryDirectory() as staging:
-        local = staging if storage.is_s3(config.output) else config.output
-        if local == config.output:
-            # Written in place: an earlier export's manifest must not vouch for half-written files.
-            (Path(local) / storage.MANIFEST_NAME).unlink(missing_ok=True)
-        model.save_pretrained(local, safe_serialization=True, max_shard_size=config.max_shard_size)
-        tokenizer.save_pretrained(local)
+        model.save_pretrained(staging, safe_serialization=True, max_shard_size=config.max_shard_size)
+        tokenizer.save_pretrained(staging)
         manifest = storage.publish_dir(
-            local,
+            staging,
             config.output,
             producer="llmft.export",
             metadata={"base_model": config.base_model, "adapter": config.adapter, **config.lineage},

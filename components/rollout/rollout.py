@@ -100,13 +100,14 @@ class RolloutResult(BaseModel):
     server_info: str | None = Field(default=None, description="server.json of a server left running.")
 
     def summary(self) -> str:
-        state = "running" if self.server_info else "stopped after the smoke test"
+        state = f"running as pid {self.server_pid}" if self.server_info else "stopped after the smoke test"
+        stop = f"\n  stop it with: kill {self.server_pid}" if self.server_info else ""
         return (
             f"Triton ({self.target}, {state}): model {self.model_name!r}\n"
             f"  HTTP  {self.endpoint_http}/v2/models/{self.model_name}/generate\n"
             f"  gRPC  {self.endpoint_grpc}\n"
             f"  prompt: {self.sample_prompt}\n"
-            f"  output: {self.sample_output}"
+            f"  output: {self.sample_output}{stop}"
         )
 
 

@@ -20,6 +20,7 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from components import storage
 from components.records import Record, read_records
 from components.tracking import NULL_TRACKER, Tracker
 from components.train.data import EncodedExample, collate, encode_record
-from components.train.loss import validation_loss
+from components.train.loss import response_loss_sum, validation_loss
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,39 @@ def _save_checkpoint(
         storage.remove_dir(storage.join(checkpoints, stale))
 
 
+def _step_groups(
+    examples: list[EncodedExample], micro_batch_size: int, accumulation: int, seed: int
+) -> Iterator[list[list[EncodedExample]]]:
+    """One epoch of optimizer steps: a seeded shuffle cut into micro batches, `accumulation` per step.
+
+    A remainder too small for a whole step is left out of this epoch (the next shuffle differs).
+    """
+    import torch
+
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
+    for start in range(0, len(batches) - accumulation + 1, accumulation):
+        yield [[examples[i] for i in batch] for batch in batches[start : start + accumulation]]
+
+
+def _accumulate_gradients(
+    model: Any, group: list[list[EncodedExample]], pad_id: int, device: Any
+) -> tuple[float, int]:
+    """Backward over one step's micro batches; returns the step's loss per response token."""
+    group_tokens = sum(example.response_tokens for batch in group for example in batch)
+    step_loss = 0.0
+    for examples in group:
+        batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Divide by the whole step's token count, so every response token weighs the same
+        # however the step is split into micro batches.
+        loss_sum, _ = response_loss_sum(logits, batch["labels"])
+        loss = loss_sum / group_tokens
+        loss.backward()
+        step_loss += loss.item()
+    return step_loss, group_tokens
+
+
 def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     if config.backend != "hf":
         raise TrainError(
@@ -272,36 +306,8 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     model.train()
     progress = tqdm(total=total_steps, desc="train", unit="step", disable=None)
     while step < total_steps:
-        order = torch.randperm(
-            len(train_examples), generator=torch.Generator().manual_seed(config.seed + epoch)
-        )
-        batches = [
-            order[i : i + config.micro_batch_size].tolist()
-            for i in range(0, len(order), config.micro_batch_size)
-        ]
-        for group_start in range(0, len(batches) - accumulation + 1, accumulation):
-            group = [
-                [train_examples[i] for i in batch]
-                for batch in batches[group_start : group_start + accumulation]
-            ]
-            group_tokens = sum(example.response_tokens for batch in group for example in batch)
-            step_loss = 0.0
-            for batch_examples in group:
-                batch = {k: v.to(device) for k, v in collate(batch_examples, pad_id).items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                labels = batch["labels"][:, 1:]
-                # Sum over tokens and divide by the whole step's token count, so every
-                # response token weighs the same however the step is split into micro batches.
-                loss = (
-                    torch.nn.functional.cross_entropy(
-                        logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                        labels.reshape(-1),
-                        reduction="sum",
-                    )
-                    / group_tokens
-                )
-                loss.backward()
-                step_loss += loss.item()
+        for group in _step_groups(train_examples, config.micro_batch_size, accumulation, config.seed + epoch):
+            step_loss, group_tokens = _accumulate_gradients(model, group, pad_id, device)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             scheduler.step()
@@ -311,7 +317,7 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
             loss_curve.append((step, step_loss))
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.3f}")
-            if step % config.log_every_steps == 0 or step == total_steps or step == 1:
+            if step % config.log_every_steps == 0 or step in (1, total_steps):
                 learning_rate = scheduler.get_last_lr()[0]
                 log.info("step %d/%d  loss %.4f  lr %.2e", step, total_steps, step_loss, learning_rate)
                 tracker.log_metrics({"train_loss": step_loss, "learning_rate": learning_rate}, step=step)
@@ -321,24 +327,22 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
                 )
             if step >= total_steps:
                 break
-        epoch += 1
+        else:
+            epoch += 1  # only a pass that ran to its end counts as a finished epoch
     progress.close()
 
     val_loss, _ = validation_loss(model, val_examples, config.micro_batch_size, pad_id, device)
     tracker.log_metrics({"val_loss": val_loss}, step=step)
     runtime = time.perf_counter() - started
-    _save_checkpoint(model, optimizer, scheduler, step, epoch, config.output, config.keep_checkpoints)
+    if not (config.save_every_steps and step % config.save_every_steps == 0):
+        _save_checkpoint(model, optimizer, scheduler, step, epoch, config.output, config.keep_checkpoints)
 
     adapter_uri = storage.join(config.output, "adapter")
     with tempfile.TemporaryDirectory() as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        storage.publish_dir(
-            staging,
-            adapter_uri,
-            producer="llmft.train",
-            metadata={"base_model": config.base_model, "steps": step},
-        )
+        metadata = {"base_model": config.base_model, "steps": step}
+        storage.publish_dir(staging, adapter_uri, producer="llmft.train", metadata=metadata)
     first_window = [loss for _, loss in loss_curve[: max(len(loss_curve) // 10, 1)]]
     last_window = [loss for _, loss in loss_curve[-max(len(loss_curve) // 10, 1) :]]
     result = TrainResult(
@@ -353,6 +357,13 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
         tokens_per_second=tokens / runtime,
         runtime_s=runtime,
     )
-    metrics = {**result.model_dump(), "loss_curve": loss_curve, "eval_curve": [(step, val_loss)]}
+    # NaN (no validation records) is not valid JSON: it is written as null.
+    finite_val = val_loss if math.isfinite(val_loss) else None
+    metrics = {
+        **result.model_dump(),
+        "val_loss": finite_val,
+        "loss_curve": loss_curve,
+        "eval_curve": [(step, finite_val)] if finite_val is not None else [],
+    }
     storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics, indent=2))
     return result
