@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -99,20 +100,42 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_step_config(model: type[BaseModel], config_file: str | None, flags: dict[str, Any]) -> BaseModel:
-    """Build a step config from an optional YAML file and flags (flags win); errors name the source."""
-    from_file: dict[str, Any] = {}
+def _read_settings(text: str, source: str) -> dict[str, Any]:
+    try:
+        settings = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise SystemExit(f"llmft: cannot parse {source}: {error}") from error
+    if not isinstance(settings, dict):
+        raise SystemExit(f"llmft: {source} must hold a mapping of settings")
+    return settings
+
+
+def load_step_config(
+    model: type[BaseModel], config_file: str | None, flags: dict[str, Any], config_env: str | None = None
+) -> BaseModel:
+    """Build a step config from a YAML file or an environment variable, then flags (flags win).
+
+    `config_env` names a variable holding the settings as YAML or JSON: launchers pass a
+    whole config to torchrun workers and PyTorchJob pods that way. Errors name the source.
+    """
+    settings: dict[str, Any] = {}
+    sources = []
     if config_file:
         try:
-            from_file = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
+            text = Path(config_file).read_text(encoding="utf-8")
+        except OSError as error:
             raise SystemExit(f"llmft: cannot read --config {config_file}: {error}") from error
-        if not isinstance(from_file, dict):
-            raise SystemExit(f"llmft: --config {config_file} must hold a mapping of settings")
+        settings = _read_settings(text, f"--config {config_file}")
+        sources.append(config_file)
+    if config_env:
+        if config_env not in os.environ:
+            raise SystemExit(f"llmft: --config-env {config_env}: the environment variable is not set")
+        settings = _merge(settings, _read_settings(os.environ[config_env], f"${config_env}"))
+        sources.append(f"${config_env}")
     try:
-        return model.model_validate(_merge(from_file, _nest(flags)))
+        return model.model_validate(_merge(settings, _nest(flags)))
     except ValidationError as error:
-        source = f" (from {config_file} and flags)" if config_file else ""
+        source = f" (from {' and '.join(sources)} and flags)" if sources else ""
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise SystemExit(f"llmft: invalid settings{source}: {problems}") from error
 
@@ -124,9 +147,18 @@ def _run_step_command(name: str, args: argparse.Namespace) -> int:
     flags = {
         key: value
         for key, value in vars(args).items()
-        if key not in {"command", "config", "mlflow_tracking_uri", "mlflow_experiment", "verbose", "json"}
+        if key
+        not in {
+            "command",
+            "config",
+            "config_env",
+            "mlflow_tracking_uri",
+            "mlflow_experiment",
+            "verbose",
+            "json",
+        }
     }
-    config = load_step_config(config_type, args.config, flags)
+    config = load_step_config(config_type, args.config, flags, args.config_env)
     uri = tracking.resolve_tracking_uri(args.mlflow_tracking_uri)
     result, run_id = tracking.run_step(name, function, config, uri, args.mlflow_experiment)
     print(result.summary())
@@ -163,6 +195,9 @@ def build_parser(with_steps: bool = True) -> argparse.ArgumentParser:
         for name, (config_type, _, help_text) in _step_registry().items():
             step_parser = commands.add_parser(name, help=help_text)
             step_parser.add_argument("--config", help="YAML file with any of the settings below (flags win)")
+            step_parser.add_argument(
+                "--config-env", metavar="VAR", help="environment variable holding settings as YAML or JSON"
+            )
             step_parser.add_argument(
                 "--mlflow-tracking-uri",
                 default=None,
