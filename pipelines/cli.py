@@ -10,6 +10,7 @@ function the KFP component calls. `llmft local` runs the whole pipeline under kf
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -26,23 +27,53 @@ from pydantic import BaseModel, ValidationError
 log = logging.getLogger("llmft")
 
 
-def _step_registry() -> dict[str, tuple[type[BaseModel], Callable[..., BaseModel], str]]:
-    """Subcommand -> (config type, step function, one-line help). Imported lazily: torch is slow."""
-    from components.build.build import BuildConfig, build
-    from components.curate.curate import CurateConfig, curate
-    from components.evaluate.evaluate import EvaluateConfig, evaluate
-    from components.export.export import ExportConfig, export
-    from components.rollout.rollout import RolloutConfig, rollout
-    from components.train.train import TrainConfig, train
+# Subcommand -> (module, config class, step function, one-line help). Modules are imported
+# only for the command that runs: torch, transformers and tritonclient are slow or absent.
+STEPS = {
+    "curate": (
+        "components.curate.curate",
+        "CurateConfig",
+        "curate",
+        "validate, normalise, deduplicate and split instruction data",
+    ),
+    "train": (
+        "components.train.train",
+        "TrainConfig",
+        "train",
+        "LoRA fine-tune a base model on curated data",
+    ),
+    "evaluate": (
+        "components.evaluate.evaluate",
+        "EvaluateConfig",
+        "evaluate",
+        "score base vs tuned model and decide the gate",
+    ),
+    "export": (
+        "components.export.export",
+        "ExportConfig",
+        "export",
+        "merge the adapter into the base model (HF safetensors)",
+    ),
+    "build": (
+        "components.build.build",
+        "BuildConfig",
+        "build",
+        "write a Triton model repository for a serving mode",
+    ),
+    "rollout": (
+        "components.rollout.rollout",
+        "RolloutConfig",
+        "rollout",
+        "serve a model repository and smoke-test it",
+    ),
+}
+STEP_COMMANDS = tuple(STEPS)
 
-    return {
-        "curate": (CurateConfig, curate, "validate, normalise, deduplicate and split instruction data"),
-        "train": (TrainConfig, train, "LoRA fine-tune a base model on curated data"),
-        "evaluate": (EvaluateConfig, evaluate, "score base vs tuned model and decide the gate"),
-        "export": (ExportConfig, export, "merge the adapter into the base model (HF safetensors)"),
-        "build": (BuildConfig, build, "write a Triton model repository for a serving mode"),
-        "rollout": (RolloutConfig, rollout, "serve a model repository and smoke-test it"),
-    }
+
+def _load_step(name: str) -> tuple[type[BaseModel], Callable[..., BaseModel]]:
+    module_name, config_name, function_name, _ = STEPS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, function_name)
 
 
 def _is_list(annotation: Any) -> bool:
@@ -143,22 +174,24 @@ def load_step_config(
 def _run_step_command(name: str, args: argparse.Namespace) -> int:
     from components import tracking
 
-    config_type, function, _ = _step_registry()[name]
-    flags = {
-        key: value
-        for key, value in vars(args).items()
-        if key
-        not in {
-            "command",
-            "config",
-            "config_env",
-            "mlflow_tracking_uri",
-            "mlflow_experiment",
-            "verbose",
-            "json",
-        }
+    config_type, function = _load_step(name)
+    not_settings = {
+        "command",
+        "config",
+        "config_env",
+        "mlflow_tracking_uri",
+        "mlflow_experiment",
+        "verbose",
+        "json",
     }
+    if name == "train":
+        from pipelines import train_launcher
+
+        not_settings |= train_launcher.LAUNCHER_OPTIONS
+    flags = {key: value for key, value in vars(args).items() if key not in not_settings}
     config = load_step_config(config_type, args.config, flags, args.config_env)
+    if name == "train" and args.launcher == "pytorchjob":
+        return train_launcher.launcher_command(args, config)
     uri = tracking.resolve_tracking_uri(args.mlflow_tracking_uri)
     result, run_id = tracking.run_step(name, function, config, uri, args.mlflow_experiment)
     print(result.summary())
@@ -169,12 +202,38 @@ def _run_step_command(name: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(with_steps: bool = True) -> argparse.ArgumentParser:
-    from pipelines import client, compile_pipeline, local
+def _add_step_parser(commands: Any, name: str) -> None:
+    config_type, _ = _load_step(name)
+    help_text = STEPS[name][3]
+    step_parser = commands.add_parser(name, help=help_text)
+    step_parser.add_argument("--config", help="YAML file with any of the settings below (flags win)")
+    step_parser.add_argument(
+        "--config-env", metavar="VAR", help="environment variable holding settings as YAML or JSON"
+    )
+    step_parser.add_argument(
+        "--mlflow-tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else off)",
+    )
+    step_parser.add_argument("--mlflow-experiment", default="llmft", help="MLflow experiment name")
+    step_parser.add_argument("--json", action="store_true", help="also print the result as JSON")
+    if name == "train":
+        from pipelines import train_launcher
 
+        train_launcher.add_arguments(step_parser.add_argument_group("launcher (multi-node training)"))
+    _add_config_fields(step_parser, config_type)
+
+
+def build_parser(step: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or only one step's subcommand (which then needs neither kfp nor the other steps)."""
     parser = argparse.ArgumentParser(prog="llmft", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    if step:
+        _add_step_parser(commands, step)
+        return parser
+
+    from pipelines import client, compile_pipeline, local
 
     local_parser = commands.add_parser("local", help="run the whole pipeline on this machine under kfp.local")
     local.add_arguments(local_parser)
@@ -191,33 +250,17 @@ def build_parser(with_steps: bool = True) -> argparse.ArgumentParser:
     client.add_schedule_arguments(schedule_parser)
     schedule_parser.set_defaults(handler=client.schedule_command)
 
-    if with_steps:
-        for name, (config_type, _, help_text) in _step_registry().items():
-            step_parser = commands.add_parser(name, help=help_text)
-            step_parser.add_argument("--config", help="YAML file with any of the settings below (flags win)")
-            step_parser.add_argument(
-                "--config-env", metavar="VAR", help="environment variable holding settings as YAML or JSON"
-            )
-            step_parser.add_argument(
-                "--mlflow-tracking-uri",
-                default=None,
-                help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else off)",
-            )
-            step_parser.add_argument("--mlflow-experiment", default="llmft", help="MLflow experiment name")
-            step_parser.add_argument("--json", action="store_true", help="also print the result as JSON")
-            _add_config_fields(step_parser, config_type)
+    for name in STEP_COMMANDS:
+        _add_step_parser(commands, name)
     return parser
-
-
-STEP_COMMANDS = {"curate", "train", "evaluate", "export", "build", "rollout"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Step configs import torch and transformers; only build their parsers when needed.
-    wants_steps = bool(set(argv) & STEP_COMMANDS) or not argv or argv[0] in {"-h", "--help"}
-    parser = build_parser(with_steps=wants_steps)
-    args = parser.parse_args(argv)
+    # A step command builds only its own parser: a torchrun worker or a pod then imports
+    # that step's code, not kfp and every other step.
+    step = argv[0] if argv and argv[0] in STEP_COMMANDS else None
+    args = build_parser(step).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

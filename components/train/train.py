@@ -2,18 +2,24 @@
 
 One readable loop: deterministic shuffling per epoch, gradient accumulation up to the
 global batch size, AdamW with linear warmup and cosine decay, loss on response tokens
-only, periodic checkpoints (adapter + optimizer + scheduler + position), and the final
-adapter saved in Hugging Face PEFT format so evaluate and export load it with
-`PeftModel.from_pretrained`.
+only, periodic checkpoints (adapter + optimizer + scheduler + position + RNG) that a
+restarted run resumes from exactly, and the final adapter saved in Hugging Face PEFT
+format so evaluate and export load it with `PeftModel.from_pretrained`.
+
+Under torchrun (WORLD_SIZE > 1) the same loop is data parallel: each rank runs its share
+of every step's micro batches in DistributedDataParallel, so a step still covers
+`global_batch_size` sequences; rank 0 alone writes outputs and logs metrics.
 
 Output layout under `config.output`:
     adapter/            the LoRA adapter (adapter_config.json, adapter_model.safetensors) + tokenizer
     checkpoints/step-N/ the last `keep_checkpoints` checkpoints, each complete with a manifest
+                        (or under `config.checkpoint_uri`)
     metrics.json        loss curve, validation curve, throughput
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -21,6 +27,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,11 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from components import storage
 from components.records import Record, read_records
 from components.tracking import NULL_TRACKER, Tracker
+from components.train import distributed
 from components.train.data import EncodedExample, collate, encode_record
 from components.train.loss import response_loss_sum, validation_loss
 
 log = logging.getLogger(__name__)
 
+TRAINER_STATE = "trainer_state.pt"
 LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -75,6 +84,14 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     save_every_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    checkpoint_uri: str | None = Field(
+        None, description="Where checkpoints go (path or s3://); default: <output>/checkpoints."
+    )
+    resume: Literal["auto", "never"] = Field(
+        "auto",
+        description="auto: continue from the newest complete checkpoint if there is one; "
+        "never: start from step 0 (existing checkpoints are removed).",
+    )
     log_every_steps: int = Field(10, ge=1, description="Log loss and learning rate every N steps.")
     seed: int = Field(42, description="Seed for adapter init and data order.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
@@ -102,12 +119,12 @@ class TrainResult(BaseModel):
 
 
 def require_single_process(num_nodes: int, gpus_per_node: int) -> None:
-    """This release trains in one process on one device; refuse settings that ask for more."""
-    if num_nodes != 1 or gpus_per_node > 1:
+    """This step trains on one node (one process, or torchrun over its GPUs); refuse more nodes."""
+    if num_nodes != 1:
         raise TrainError(
-            f"num_nodes={num_nodes}, gpus_per_node={gpus_per_node}: this release trains on one device "
-            "(num_nodes=1, gpus_per_node<=1); multi-GPU and multi-node training (torchrun, PyTorchJob) "
-            "are not available yet"
+            f"num_nodes={num_nodes}, gpus_per_node={gpus_per_node}: this step trains on one node "
+            "(num_nodes=1; gpus_per_node > 1 runs torchrun on that node); multi-node training runs "
+            "as a PyTorchJob (components/train/pytorchjob.py)"
         )
 
 
@@ -155,33 +172,199 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def _save_checkpoint(
-    model: Any, optimizer: Any, scheduler: Any, step: int, epoch: int, output: str, keep: int
-) -> None:
+@dataclass
+class Progress:
+    """Where training stands: saved in every checkpoint and restored on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # optimizer steps already done in the current epoch
+    tokens: int = 0  # response tokens trained on so far
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _resume_settings(config: TrainConfig, base_model_digest: str, data_digest: str) -> dict[str, Any]:
+    """The settings a checkpoint can only be continued with: they fix the data order and tensor shapes."""
+    return {
+        "seed": config.seed,
+        "micro_batch_size": config.micro_batch_size,
+        "global_batch_size": config.global_batch_size,
+        "max_length": config.max_length,
+        "lora.r": config.lora.r,
+        "lora.target_modules": sorted(config.lora.target_modules),
+        "base_model digest": base_model_digest,
+        "data digest": data_digest,
+    }
+
+
+def _rng_state(device: Any) -> dict[str, Any]:
     import torch
 
-    checkpoints = storage.join(output, "checkpoints")
-    with tempfile.TemporaryDirectory() as staging:
-        model.save_pretrained(staging)
-        torch.save(
-            {
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict[str, Any], device: Any) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _checkpoint_names(root: str) -> list[str]:
+    """Checkpoint directory names under `root`, oldest first (step numbers are zero-padded)."""
+    return sorted(name for name in storage.list_dirs(root) if name.startswith("step-"))
+
+
+def _save_checkpoint(
+    root: str,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    progress: Progress,
+    settings: dict[str, Any],
+    device: Any,
+    keep: int,
+) -> None:
+    """Rank 0 writes `root`/step-N (its manifest last) and drops the oldest beyond `keep`."""
+    import torch
+
+    # Each rank draws dropout masks from its own RNG stream: keep every rank's, so each resumes its own.
+    rng = distributed.all_gather(_rng_state(device))
+    if distributed.is_main():
+        with tempfile.TemporaryDirectory() as staging:
+            model.save_pretrained(staging)
+            state = {
+                **asdict(progress),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
-            },
-            Path(staging) / "trainer_state.pt",
+                "rng": rng,
+            }
+            torch.save(state, Path(staging) / TRAINER_STATE)
+            metadata = {
+                "step": progress.step,
+                "epoch": progress.epoch,
+                "world_size": distributed.world_size(),
+                "settings": settings,
+            }
+            storage.publish_dir(
+                staging,
+                storage.join(root, f"step-{progress.step:08d}"),
+                producer="llmft.train",
+                metadata=metadata,
+            )
+        for stale in _checkpoint_names(root)[:-keep]:
+            storage.remove_dir(storage.join(root, stale))
+    # No rank runs ahead (or exits) while rank 0 is still writing.
+    distributed.barrier()
+
+
+def _newest_complete_checkpoint(root: str) -> tuple[str, storage.Manifest] | None:
+    """The newest checkpoint under `root` with its manifest; newer unfinished ones are skipped."""
+    for name in reversed(_checkpoint_names(root)):
+        uri = storage.join(root, name)
+        try:
+            return uri, storage.require_complete(uri)
+        except storage.IncompleteDirectoryError as error:
+            log.warning("ignoring checkpoint %s: %s", uri, error)
+    return None
+
+
+def _check_resume_settings(uri: str, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuse a checkpoint made with settings that change the data order or tensor shapes."""
+    if saved is None:
+        raise TrainError(
+            f"cannot resume from {uri}: its manifest records no training settings (an earlier llmft "
+            "wrote it); set resume: never to start over, or point checkpoint_uri elsewhere"
         )
-        storage.publish_dir(
-            staging,
-            storage.join(checkpoints, f"step-{step:08d}"),
-            producer="llmft.train",
-            metadata={"step": step, "epoch": epoch},
+    differing = [name for name in current if saved.get(name) != current[name]]
+    if differing:
+        changes = "; ".join(
+            f"{name}: checkpoint {saved.get(name)!r}, this run {current[name]!r}" for name in differing
         )
-    for stale in sorted(storage.list_dirs(checkpoints))[:-keep]:
-        storage.remove_dir(storage.join(checkpoints, stale))
+        raise TrainError(
+            f"cannot resume from {uri}: it was made with different settings ({changes}). They decide "
+            "the data order and tensor shapes, so continuing would mix two different trainings. Run "
+            "with the checkpoint's settings, point checkpoint_uri elsewhere, or set resume: never to "
+            "start over"
+        )
+
+
+def _load_checkpoint(uri: str, model: Any, optimizer: Any, scheduler: Any, device: Any) -> Progress:
+    """Restore adapter weights, optimizer, scheduler and this rank's RNG; return the saved progress."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    local = storage.localize_dir(uri)
+    set_peft_model_state_dict(model, load_file(local / "adapter_model.safetensors", device=str(device)))
+    state = torch.load(local / TRAINER_STATE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    if len(rng) == distributed.world_size():
+        _restore_rng(rng[distributed.rank()], device)
+    else:
+        log.warning(
+            "%s was written by %d ranks and this run has %d: the data order and batches continue "
+            "exactly, dropout randomness does not",
+            uri,
+            len(rng),
+            distributed.world_size(),
+        )
+        _restore_rng(rng[0], device)
+    return Progress(
+        step=state["step"],
+        epoch=state["epoch"],
+        position=state["position"],
+        tokens=state["tokens"],
+        loss_curve=[(int(step), float(loss)) for step, loss in state["loss_curve"]],
+    )
+
+
+def _start_or_resume(
+    config: TrainConfig,
+    checkpoints: str,
+    settings: dict[str, Any],
+    total_steps: int,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    device: Any,
+) -> tuple[Progress, str | None]:
+    """With resume=auto, load the newest complete checkpoint (if any) into model, optimizer and
+    scheduler; returns the progress to continue from and the checkpoint's URI (None: from step 0)."""
+    found = _newest_complete_checkpoint(checkpoints) if config.resume == "auto" else None
+    if found:
+        uri, manifest = found
+        _check_resume_settings(uri, manifest.metadata.get("settings"), settings)
+        progress = _load_checkpoint(uri, model, optimizer, scheduler, device)
+        if progress.step > total_steps:
+            raise TrainError(
+                f"{uri} is at step {progress.step}, past this run's {total_steps} steps: "
+                "raise max_steps or epochs, or set resume: never to start over"
+            )
+        log.info(
+            "resuming from %s: step %d, epoch %d, %d steps into the epoch",
+            uri,
+            progress.step,
+            progress.epoch,
+            progress.position,
+        )
+        return progress, uri
+    if config.resume == "never" and distributed.is_main() and _checkpoint_names(checkpoints):
+        # An earlier run's checkpoints would be pruned in place of this run's, and a later
+        # resume=auto would continue from them: they go now.
+        log.warning("resume=never: removing the checkpoints of an earlier run in %s", checkpoints)
+        for name in _checkpoint_names(checkpoints):
+            storage.remove_dir(storage.join(checkpoints, name))
+    elif config.resume == "auto":
+        log.info("no complete checkpoint in %s: training from step 0", checkpoints)
+    return Progress(), None
 
 
 def _step_groups(
@@ -200,29 +383,54 @@ def _step_groups(
 
 
 def _accumulate_gradients(
-    model: Any, group: list[list[EncodedExample]], pad_id: int, device: Any
-) -> tuple[float, int]:
-    """Backward over one step's micro batches; returns the step's loss per response token."""
-    group_tokens = sum(example.response_tokens for batch in group for example in batch)
+    model: Any, micro_batches: list[list[EncodedExample]], step_tokens: int, pad_id: int, device: Any
+) -> float:
+    """Backward over this rank's micro batches of one step; returns their loss per token of the step.
+
+    `step_tokens` counts the response tokens of the whole step, all ranks' micro batches.
+    """
     step_loss = 0.0
-    for examples in group:
+    for index, examples in enumerate(micro_batches):
         batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # Divide by the whole step's token count, so every response token weighs the same
-        # however the step is split into micro batches.
-        loss_sum, _ = response_loss_sum(logits, batch["labels"])
-        loss = loss_sum / group_tokens
-        loss.backward()
-        step_loss += loss.item()
-    return step_loss, group_tokens
+        # Under DDP, gradients are all-reduced in the backward of the last micro batch only.
+        with distributed.gradient_sync(model, sync=index == len(micro_batches) - 1):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss_sum, _ = response_loss_sum(logits, batch["labels"])
+            # Divide by the whole step's token count, so every response token weighs the same
+            # however the step is split into micro batches and ranks. DDP averages gradients
+            # over ranks; the world size factor turns that average back into the sum.
+            loss = loss_sum * distributed.world_size() / step_tokens
+            loss.backward()
+        step_loss += loss_sum.item() / step_tokens
+    return step_loss
+
+
+def _validation_loss(
+    model: Any, examples: list[EncodedExample], batch_size: int, pad_id: int, device: Any
+) -> float:
+    """Mean loss per response token of the validation set; each rank scores its share."""
+    share = examples[distributed.rank() :: distributed.world_size()]
+    mean, tokens = validation_loss(model, share, batch_size, pad_id, device)
+    loss_sum, total_tokens = distributed.all_reduce_sum([mean * tokens if tokens else 0.0, tokens])
+    return loss_sum / total_tokens if total_tokens else math.nan
 
 
 def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
+    """Train a LoRA adapter; under torchrun, one rank of a data parallel job."""
     if config.backend != "hf":
         raise TrainError(
             f"backend={config.backend!r} is not available in this release: use backend='hf' "
             "(the NeMo AutoModel backend is planned; see components/train/README.md)"
         )
+    device = distributed.setup(_device(config.device))
+    try:
+        # A launcher hands every rank the same tracker; only rank 0 logs, so metrics are not repeated.
+        return _train(config, device, tracker if distributed.is_main() else NULL_TRACKER)
+    finally:
+        distributed.teardown()
+
+
+def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     import torch
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
@@ -231,8 +439,8 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     started = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    device = _device(config.device)
     dtype = _dtype(config.precision, device)
+    world, rank = distributed.world_size(), distributed.rank()
 
     data_dir = storage.localize_dir(config.data)
     train_records = list(read_records(data_dir / "train.jsonl"))
@@ -265,8 +473,8 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
         target_modules=config.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
-    trainable, total = model.get_nb_trainable_parameters()
+    peft_model = get_peft_model(model, lora)
+    trainable, total = peft_model.get_nb_trainable_parameters()
     log.info(
         "LoRA r=%d on %s: %s trainable of %s parameters",
         config.lora.r,
@@ -279,91 +487,157 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     val_examples = _encode(tokenizer, val_records, config.max_length, "val")
     micro_batches_per_epoch = math.ceil(len(train_examples) / config.micro_batch_size)
     # A dataset smaller than one global batch still makes one optimizer step per epoch.
-    accumulation = min(max(config.global_batch_size // config.micro_batch_size, 1), micro_batches_per_epoch)
-    steps_per_epoch = max(micro_batches_per_epoch // accumulation, 1)
+    micro_batches_per_step = min(
+        max(config.global_batch_size // config.micro_batch_size, 1), micro_batches_per_epoch
+    )
+    if micro_batches_per_step % world:
+        raise TrainError(
+            f"{micro_batches_per_step} micro batches per step (global_batch_size={config.global_batch_size}, "
+            f"micro_batch_size={config.micro_batch_size}, {len(train_examples)} training examples) cannot "
+            f"be shared evenly by {world} ranks: make global_batch_size a multiple of "
+            f"micro_batch_size x {world}"
+        )
+    accumulation = micro_batches_per_step // world  # micro batches per step on each rank
+    steps_per_epoch = max(micro_batches_per_epoch // micro_batches_per_step, 1)
     total_steps = config.max_steps or max(int(config.epochs * steps_per_epoch), 1)
     warmup = int(config.warmup_ratio * total_steps)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-    )
+    parameters = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
     pad_id = tokenizer.pad_token_id
+
+    checkpoints = config.checkpoint_uri or storage.join(config.output, "checkpoints")
+    settings = _resume_settings(
+        config, storage.read_manifest(config.base_model).digest, storage.read_manifest(config.data).digest
+    )
+    progress, resumed_from = _start_or_resume(
+        config, checkpoints, settings, total_steps, peft_model, optimizer, scheduler, device
+    )
     log.info(
-        "training %d examples for %d steps (micro batch %d x %d accumulation, %s on %s)",
+        "training %d examples for %d steps (micro batch %d x %d accumulation x %d ranks, %s on %s)",
         len(train_examples),
         total_steps,
         config.micro_batch_size,
         accumulation,
+        world,
         dtype,
         device,
     )
 
-    loss_curve: list[tuple[int, float]] = []
-    step, epoch, tokens = 0, 0, 0
+    model = distributed.wrap(peft_model, device)
     model.train()
-    progress = tqdm(total=total_steps, desc="train", unit="step", disable=None)
-    while step < total_steps:
-        for group in _step_groups(train_examples, config.micro_batch_size, accumulation, config.seed + epoch):
-            step_loss, group_tokens = _accumulate_gradients(model, group, pad_id, device)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    tokens_before = progress.tokens
+    last_saved = progress.step if resumed_from else -1
+    window_tokens, window_started = 0, time.perf_counter()
+    # Rank 0 draws the progress bar; disable=None draws it only on a terminal.
+    bar = tqdm(
+        total=total_steps, initial=progress.step, desc="train", unit="step", disable=True if rank else None
+    )
+    while progress.step < total_steps:
+        groups = _step_groups(
+            train_examples, config.micro_batch_size, micro_batches_per_step, config.seed + progress.epoch
+        )
+        # islice skips the steps of this epoch that a resumed checkpoint already covers.
+        for group in itertools.islice(groups, progress.position, None):
+            # Every rank builds the same shuffle, so each knows the whole step's token count
+            # and takes its own slice of the step's micro batches.
+            step_tokens = sum(example.response_tokens for batch in group for example in batch)
+            share = group[rank * accumulation : (rank + 1) * accumulation]
+            rank_loss = _accumulate_gradients(model, share, step_tokens, pad_id, device)
+            step_loss = distributed.all_reduce_sum([rank_loss])[0]
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens += group_tokens
-            loss_curve.append((step, step_loss))
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.3f}")
-            if step % config.log_every_steps == 0 or step in (1, total_steps):
-                learning_rate = scheduler.get_last_lr()[0]
-                log.info("step %d/%d  loss %.4f  lr %.2e", step, total_steps, step_loss, learning_rate)
-                tracker.log_metrics({"train_loss": step_loss, "learning_rate": learning_rate}, step=step)
-            if config.save_every_steps and step % config.save_every_steps == 0:
-                _save_checkpoint(
-                    model, optimizer, scheduler, step, epoch, config.output, config.keep_checkpoints
+            progress.step += 1
+            progress.position += 1
+            progress.tokens += step_tokens
+            progress.loss_curve.append((progress.step, step_loss))
+            window_tokens += step_tokens
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            if progress.step % config.log_every_steps == 0 or progress.step in (1, total_steps):
+                now = time.perf_counter()
+                metrics = {
+                    "train_loss": step_loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "tokens_per_second": window_tokens / (now - window_started),
+                }
+                if device.type == "cuda":
+                    metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                log.info(
+                    "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
+                    progress.step,
+                    total_steps,
+                    step_loss,
+                    metrics["learning_rate"],
+                    metrics["tokens_per_second"],
                 )
-            if step >= total_steps:
+                tracker.log_metrics(metrics, step=progress.step)
+                window_tokens, window_started = 0, now
+            if config.save_every_steps and progress.step % config.save_every_steps == 0:
+                _save_checkpoint(
+                    checkpoints,
+                    peft_model,
+                    optimizer,
+                    scheduler,
+                    progress,
+                    settings,
+                    device,
+                    config.keep_checkpoints,
+                )
+                last_saved = progress.step
+            if progress.step >= total_steps:
                 break
         else:
-            epoch += 1  # only a pass that ran to its end counts as a finished epoch
-    progress.close()
+            # Only a pass that ran to its end counts as a finished epoch.
+            progress.epoch += 1
+            progress.position = 0
+    bar.close()
 
-    val_loss, _ = validation_loss(model, val_examples, config.micro_batch_size, pad_id, device)
-    tracker.log_metrics({"val_loss": val_loss}, step=step)
+    val_loss = _validation_loss(peft_model, val_examples, config.micro_batch_size, pad_id, device)
+    tracker.log_metrics({"val_loss": val_loss}, step=progress.step)
     runtime = time.perf_counter() - started
-    if not (config.save_every_steps and step % config.save_every_steps == 0):
-        _save_checkpoint(model, optimizer, scheduler, step, epoch, config.output, config.keep_checkpoints)
+    if last_saved != progress.step:
+        _save_checkpoint(
+            checkpoints, peft_model, optimizer, scheduler, progress, settings, device, config.keep_checkpoints
+        )
 
     adapter_uri = storage.join(config.output, "adapter")
-    with tempfile.TemporaryDirectory() as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        metadata = {"base_model": config.base_model, "steps": step}
-        storage.publish_dir(staging, adapter_uri, producer="llmft.train", metadata=metadata)
+    loss_curve = progress.loss_curve
     first_window = [loss for _, loss in loss_curve[: max(len(loss_curve) // 10, 1)]]
     last_window = [loss for _, loss in loss_curve[-max(len(loss_curve) // 10, 1) :]]
     result = TrainResult(
         adapter=adapter_uri,
         output=config.output,
-        steps=step,
-        epochs=step / steps_per_epoch,
+        steps=progress.step,
+        epochs=progress.step / steps_per_epoch,
         first_loss=sum(first_window) / len(first_window),
         final_loss=sum(last_window) / len(last_window),
         val_loss=val_loss,
-        train_tokens=tokens,
-        tokens_per_second=tokens / runtime,
+        train_tokens=progress.tokens,
+        # This process's throughput: steps an earlier, interrupted attempt trained do not count.
+        tokens_per_second=(progress.tokens - tokens_before) / runtime,
         runtime_s=runtime,
     )
-    # NaN (no validation records) is not valid JSON: it is written as null.
-    finite_val = val_loss if math.isfinite(val_loss) else None
-    metrics = {
-        **result.model_dump(),
-        "val_loss": finite_val,
-        "loss_curve": loss_curve,
-        "eval_curve": [(step, finite_val)] if finite_val is not None else [],
-    }
-    storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics, indent=2))
+    if distributed.is_main():
+        with tempfile.TemporaryDirectory() as staging:
+            peft_model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            metadata = {"base_model": config.base_model, "steps": progress.step}
+            storage.publish_dir(staging, adapter_uri, producer="llmft.train", metadata=metadata)
+        # NaN (no validation records) is not valid JSON: it is written as null.
+        finite_val = val_loss if math.isfinite(val_loss) else None
+        metrics_file = {
+            **result.model_dump(),
+            "val_loss": finite_val,
+            "loss_curve": loss_curve,
+            "eval_curve": [(progress.step, finite_val)] if finite_val is not None else [],
+            "world_size": world,
+            "resumed_from": resumed_from,
+        }
+        storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics_file, indent=2))
+    # Every rank returns once the adapter and metrics exist.
+    distributed.barrier()
     return result

@@ -110,3 +110,38 @@ def test_unavailable_backend_is_refused(tmp_path, capsys):
     )
     assert exit_code == 1
     assert "backend='nemo' is not available" in capsys.readouterr().err
+
+
+def test_train_pytorchjob_dry_run_prints_the_job(capsys):
+    import yaml
+
+    exit_code = main(
+        [
+            "train",
+            "--base-model",
+            "s3://b/base",
+            "--data",
+            "s3://b/curated",
+            "--output",
+            "s3://b/out",
+            "--launcher",
+            "pytorchjob",
+            "--dry-run",
+            "--nodes",
+            "3",
+            "--namespace",
+            "team",
+            "--secret-env",
+            "HF_TOKEN=hf:token",
+            "--lora-r",
+            "8",
+        ]
+    )
+    job = yaml.safe_load(capsys.readouterr().out)
+    assert exit_code == 0
+    assert job["kind"] == "PyTorchJob" and job["metadata"]["namespace"] == "team"
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert json.loads(env["LLMFT_TRAIN_CONFIG"]["value"])["lora"]["r"] == 8

@@ -1,0 +1,163 @@
+"""Train on every GPU of one node: torchrun in a subprocess, one process per GPU.
+
+The KFP train task calls `run_torchrun` when `gpus_per_node > 1`. The workers run this
+module (`python -m components.train.launch`): each reads the whole TrainConfig (YAML or JSON)
+from the environment variable LLMFT_TRAIN_CONFIG and calls `train`, which joins the process
+group and trains its share of every step (see train.py). Rank 0 writes the adapter,
+checkpoints and metrics.json; `run_torchrun` reads the result from that metrics.json.
+PyTorchJob pods (pytorchjob.py) run the same module under torchrun on every node.
+
+MLflow: the task's run is opened by the calling process; its id travels to the workers
+in LLMFT_MLFLOW_RUN_ID, so rank 0 logs the per-step metrics into that same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+
+import yaml
+
+from components import storage
+from components.tracking import NULL_TRACKER, Tracker
+from components.train import distributed
+from components.train.train import TrainConfig, TrainError, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "LLMFT_TRAIN_CONFIG"
+MLFLOW_RUN_ENV = "LLMFT_MLFLOW_RUN_ID"
+TAIL_LINES = 60
+# After SIGTERM, torchrun stops its workers and exits; give it this long before SIGKILL.
+_STOP_GRACE_S = 30
+
+
+def torchrun_command(nproc_per_node: int) -> list[str]:
+    """torchrun for one node, as `python -m torch.distributed.run` so the workers use this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        "components.train.launch",
+    ]
+
+
+def read_result(output: str) -> TrainResult:
+    """The TrainResult that rank 0 wrote to `output`/metrics.json."""
+    metrics = json.loads(storage.read_text(storage.join(output, "metrics.json")))
+    fields = {name: metrics[name] for name in TrainResult.model_fields}
+    if fields["val_loss"] is None:  # written as null when there was no validation set
+        fields["val_loss"] = math.nan
+    return TrainResult(**fields)
+
+
+def stop_torchrun(process: subprocess.Popen) -> None:
+    """SIGTERM torchrun (it stops its workers), then SIGKILL its process group if it lingers.
+
+    torchrun runs in a session of its own (start_new_session), so its group id is its pid
+    and the signal reaches nothing else.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run_torchrun(
+    config: TrainConfig,
+    nproc_per_node: int,
+    timeout_s: float | None = None,
+    tracker: Tracker = NULL_TRACKER,
+) -> TrainResult:
+    """Train with `nproc_per_node` processes on this node; the result comes from rank 0's metrics.json.
+
+    Raises TrainError, with the tail of torchrun's output, when torchrun fails or outlasts `timeout_s`.
+    """
+    if nproc_per_node < 1:
+        raise TrainError(f"nproc_per_node={nproc_per_node}: torchrun needs at least one process")
+    env = {**os.environ, CONFIG_ENV: config.model_dump_json(), "PYTHONUNBUFFERED": "1"}
+    if tracker.enabled:
+        env[MLFLOW_RUN_ENV] = str(tracker.run_id)
+        env["MLFLOW_TRACKING_URI"] = str(tracker.tracking_uri)
+    command = torchrun_command(nproc_per_node)
+    log.info("starting %s", shlex.join(command))
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+    def stream_output() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.info("torchrun: %s", line.rstrip())
+            tail.append(line.rstrip())
+
+    reader = threading.Thread(target=stream_output, name="torchrun-output", daemon=True)
+    reader.start()
+    try:
+        returncode = process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_torchrun(process)
+        reader.join(timeout=10)
+        raise TrainError(
+            f"torchrun ({nproc_per_node} processes) did not finish within {timeout_s:.0f} s and was "
+            "stopped; last output:\n" + "\n".join(tail)
+        ) from None
+    except BaseException:  # interrupted (KeyboardInterrupt, task cancelled): leave no workers behind
+        stop_torchrun(process)
+        raise
+    reader.join(timeout=10)
+    if returncode != 0:
+        raise TrainError(
+            f"torchrun ({nproc_per_node} processes) failed with exit code {returncode}; last output:\n"
+            + "\n".join(tail)
+        )
+    return read_result(config.output)
+
+
+def main() -> int:
+    """One torchrun worker: the config comes from LLMFT_TRAIN_CONFIG."""
+    rank = distributed.rank()
+    # Rank 0 tells the story; the other ranks speak up only for warnings and errors.
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if CONFIG_ENV not in os.environ:
+        raise SystemExit(f"{CONFIG_ENV} is not set: start workers through run_torchrun")
+    # YAML or JSON, as `llmft train --config-env` reads it (JSON is YAML).
+    config = TrainConfig.model_validate(yaml.safe_load(os.environ[CONFIG_ENV]))
+    run_id = os.environ.get(MLFLOW_RUN_ENV)
+    tracker = Tracker(os.environ.get("MLFLOW_TRACKING_URI"), run_id) if run_id else NULL_TRACKER
+    result = train(config, tracker)
+    if rank == 0:
+        print(result.summary(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

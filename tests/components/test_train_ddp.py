@@ -1,0 +1,299 @@
+"""components/train data parallel: torchrun with 2 CPU processes (gloo) trains the very steps one
+process trains (same global batch, same loss per response token), through the CLI and through
+`run_torchrun`, which also resumes from a checkpoint, logs to the caller's MLflow run and reports
+failures with the output's tail. GPU variants (pytest -m gpu) run on a CUDA machine.
+
+This module needs no MLflow or S3 at import, so its GPU tests run on a bare CUDA machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components import storage
+from components.records import Record, write_records
+from components.tracking import Tracker
+from components.train import train as train_module
+from components.train.launch import CONFIG_ENV, run_torchrun, stop_torchrun
+from components.train.train import LoraSettings, TrainConfig, TrainError, train
+
+REPO = Path(__file__).resolve().parents[2]
+TORCHRUN_TIMEOUT_S = 120
+STEPS = 8
+
+
+def write_data(directory: Path) -> str:
+    """40 training and 8 validation sentiment records, in a complete (manifested) directory."""
+    rng = random.Random(3)
+    words = {"positive": ["wonderful", "lovely", "great"], "negative": ["terrible", "rude", "boring"]}
+    subjects = ["the soup", "the service", "the movie", "the hotel room"]
+
+    def records(count: int, prefix: str) -> list[Record]:
+        labels = ["positive" if index % 2 == 0 else "negative" for index in range(count)]
+        return [
+            Record(
+                id=f"{prefix}{index}",
+                prompt=f"Classify the sentiment of this review: {rng.choice(subjects)} was "
+                f"{rng.choice(words[label])}.",
+                response=label,
+            )
+            for index, label in enumerate(labels)
+        ]
+
+    directory.mkdir(parents=True)
+    write_records(directory / "train.jsonl", records(40, "t"))
+    write_records(directory / "val.jsonl", records(8, "v"))
+    storage.publish_dir(directory, str(directory), producer="test")
+    return str(directory)
+
+
+def ddp_config(base: str, data: str, output: Path, **overrides) -> TrainConfig:
+    # LoRA dropout off: every rank draws its own dropout masks, so only without dropout can two
+    # ranks reproduce one process's numbers. 2 micro batches of 2 per rank make the global 8.
+    settings = {
+        "base_model": base,
+        "data": data,
+        "output": str(output),
+        "max_steps": STEPS,
+        "learning_rate": 3e-3,
+        "micro_batch_size": 2,
+        "global_batch_size": 8,
+        "max_length": 128,
+        "save_every_steps": 4,
+        "log_every_steps": 5,
+        "device": "cpu",
+        "precision": "fp32",
+        "lora": LoraSettings(r=8, alpha=16, dropout=0.0),
+    }
+    return TrainConfig(**{**settings, **overrides})
+
+
+def metrics_of(output: Path) -> dict:
+    return json.loads((output / "metrics.json").read_text())
+
+
+def assert_same_training(output: Path, reference: Path, atol: float = 1e-4) -> None:
+    curve, expected = metrics_of(output)["loss_curve"], metrics_of(reference)["loss_curve"]
+    assert [step for step, _ in curve] == [step for step, _ in expected] == list(range(1, STEPS + 1))
+    torch.testing.assert_close(
+        torch.tensor([loss for _, loss in curve]),
+        torch.tensor([loss for _, loss in expected]),
+        atol=atol,
+        rtol=0,
+    )
+    assert metrics_of(output)["val_loss"] == pytest.approx(metrics_of(reference)["val_loss"], abs=atol)
+    assert metrics_of(output)["train_tokens"] == metrics_of(reference)["train_tokens"]
+    weights = load_file(output / "adapter" / "adapter_model.safetensors")
+    expected_weights = load_file(reference / "adapter" / "adapter_model.safetensors")
+    assert weights.keys() == expected_weights.keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, expected_weights[name], atol=atol, rtol=0, msg=name)
+
+
+def torchrun_cli(config: TrainConfig, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m pipelines.cli train --config-env ...`.
+
+    `python -m torch.distributed.run` is torchrun, run by this interpreter (no PATH lookup).
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "pipelines.cli",
+        "train",
+        "--config-env",
+        CONFIG_ENV,
+        "--mlflow-tracking-uri",
+        "disabled",
+    ]
+    env = {**os.environ, CONFIG_ENV: config.model_dump_json(), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=TORCHRUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        stop_torchrun(process)  # torchrun stops its workers; nothing is left running
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    return write_data(tmp_path_factory.mktemp("ddp-data") / "curated")
+
+
+@pytest.fixture(scope="module")
+def single(tiny_base_model, dataset, tmp_path_factory) -> Path:
+    """The one-process run every data parallel run must reproduce."""
+    output = tmp_path_factory.mktemp("single") / "run"
+    train(ddp_config(tiny_base_model, dataset, output))
+    return output
+
+
+# --- CPU, 2 processes (gloo) ---------------------------------------------------------------
+
+
+def test_torchrun_cli_trains_the_same_steps_as_one_process(
+    tiny_base_model, dataset, single, tmp_path
+) -> None:
+    output = tmp_path / "run"
+    completed = torchrun_cli(ddp_config(tiny_base_model, dataset, output))
+    assert completed.returncode == 0, completed.stdout[-4000:]
+    assert "rank 0 of 2" in completed.stdout and "rank 1 of 2" in completed.stdout
+    assert "micro batch 2 x 2 accumulation x 2 ranks" in completed.stdout
+    assert metrics_of(output)["world_size"] == 2
+    assert_same_training(output, single)
+    # Rank 0 alone wrote the checkpoints, each complete and marked with the world size.
+    assert storage.list_dirs(str(output / "checkpoints")) == ["step-00000004", "step-00000008"]
+    manifest = storage.require_complete(str(output / "checkpoints" / "step-00000008"))
+    assert manifest.metadata["world_size"] == 2
+    state = torch.load(output / "checkpoints" / "step-00000008" / "trainer_state.pt", weights_only=True)
+    assert len(state["rng"]) == 2  # each rank's RNG, so each resumes its own dropout stream
+
+
+def test_run_torchrun_resumes_and_logs_to_the_callers_mlflow_run(
+    tiny_base_model, dataset, single, mlflow_server, tmp_path, caplog
+) -> None:
+    """Two ranks continue from a one-process checkpoint (step 4) and end where one process ended."""
+    from mlflow import MlflowClient
+
+    from components.tracking import run_step
+
+    output = tmp_path / "run"
+    shutil.copytree(single / "checkpoints" / "step-00000004", output / "checkpoints" / "step-00000004")
+    config = ddp_config(tiny_base_model, dataset, output)
+    step = functools.partial(run_torchrun, nproc_per_node=2, timeout_s=TORCHRUN_TIMEOUT_S)
+    with caplog.at_level(logging.INFO, logger="components.train.launch"):
+        result, run_id = run_step("train", step, config, mlflow_server, experiment="test-train-ddp")
+    assert result.steps == STEPS and result.adapter == str(output / "adapter")
+    assert metrics_of(output)["resumed_from"] == str(output / "checkpoints" / "step-00000004")
+    assert "written by 1 ranks and this run has 2" in caplog.text  # streamed from the workers
+    assert "trained 8 steps" in caplog.text
+    assert_same_training(output, single)
+
+    client = MlflowClient(mlflow_server)
+    curve = dict(metrics_of(output)["loss_curve"])
+    # Logged once per step by rank 0 alone, into the caller's run: steps 5 (log_every_steps) and 8.
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+    assert [step for step, _ in history] == [5, 8]
+    for logged_step, value in history:
+        assert value == pytest.approx(curve[logged_step], rel=1e-6)
+    # Per logging window at steps 5 and 8; the result's whole-run figure lands at step 0 (run_step).
+    throughput = client.get_metric_history(run_id, "tokens_per_second")
+    assert sorted(m.step for m in throughput) == [0, 5, 8] and all(m.value > 0 for m in throughput)
+    assert [m.step for m in client.get_metric_history(run_id, "learning_rate")] == [5, 8]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["steps"] == STEPS
+    assert "gpu_memory_gib" not in run.data.metrics  # CPU
+
+
+def test_run_torchrun_failure_reports_the_workers_error(tiny_base_model, dataset, tmp_path) -> None:
+    # One micro batch per step cannot be shared by two ranks: every rank refuses, torchrun fails.
+    config = ddp_config(tiny_base_model, dataset, tmp_path / "run", micro_batch_size=8)
+    with pytest.raises(TrainError, match="torchrun \\(2 processes\\) failed with exit code") as error:
+        run_torchrun(config, nproc_per_node=2, timeout_s=TORCHRUN_TIMEOUT_S)
+    assert "cannot be shared evenly by 2 ranks" in str(error.value)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_run_torchrun_timeout_stops_the_workers(tiny_base_model, dataset, tmp_path) -> None:
+    config = ddp_config(tiny_base_model, dataset, tmp_path / "run")
+    with pytest.raises(TrainError, match="did not finish within 1 s and was stopped"):
+        run_torchrun(config, nproc_per_node=2, timeout_s=1)
+
+
+def test_uneven_split_is_refused_in_process(tiny_base_model, dataset, tmp_path, monkeypatch) -> None:
+    """The same check without processes: WORLD_SIZE alone decides the split (nothing is initialised)."""
+    monkeypatch.setattr(train_module.distributed, "setup", lambda device: device)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(TrainError, match=r"4 micro batches per step .* cannot be shared evenly by 3 ranks"):
+        train(ddp_config(tiny_base_model, dataset, tmp_path / "run"))
+
+
+# --- GPUs (pytest -m gpu on a CUDA machine) -------------------------------------------------
+
+
+class RecordingTracker(Tracker):
+    """Keeps what train logs, without an MLflow server."""
+
+    def __init__(self) -> None:
+        super().__init__(run_id="recording")
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics, step: int = 0) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+def gpu_config(base: str, data: str, output: Path, **overrides) -> TrainConfig:
+    return ddp_config(base, data, output, device="cuda", **overrides)
+
+
+@pytest.mark.gpu
+def test_gpu_resume_matches_an_uninterrupted_run(tiny_base_model, dataset, tmp_path, monkeypatch) -> None:
+    """One GPU, dropout on: the CUDA RNG state is restored with the CPU one."""
+    assert torch.cuda.is_available(), "gpu tests run on a CUDA machine: pytest -m gpu"
+    lora = LoraSettings(r=8, alpha=16, dropout=0.1)
+    tracker = RecordingTracker()
+    train(gpu_config(tiny_base_model, dataset, tmp_path / "a", lora=lora), tracker)
+    logged = dict(tracker.logged)
+    assert {"train_loss", "learning_rate", "tokens_per_second", "gpu_memory_gib"} <= set(logged[5])
+    assert 0 < logged[5]["gpu_memory_gib"] < 80
+
+    original, calls = train_module._accumulate_gradients, 0
+
+    def crash_in_step_7(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 7:
+            raise RuntimeError("injected crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_accumulate_gradients", crash_in_step_7)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        train(gpu_config(tiny_base_model, dataset, tmp_path / "b", lora=lora))
+    monkeypatch.undo()
+    train(gpu_config(tiny_base_model, dataset, tmp_path / "b", lora=lora))
+    assert metrics_of(tmp_path / "b")["resumed_from"].endswith("step-00000004")
+    assert_same_training(tmp_path / "b", tmp_path / "a", atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_two_gpus_train_the_same_steps_as_one(tiny_base_model, dataset, tmp_path) -> None:
+    """torchrun on 2 GPUs (NCCL) in fp32 reproduces one GPU; bf16 trains too."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    train(gpu_config(tiny_base_model, dataset, tmp_path / "one"))
+    result = run_torchrun(
+        gpu_config(tiny_base_model, dataset, tmp_path / "two"), nproc_per_node=2, timeout_s=300
+    )
+    assert result.steps == STEPS and metrics_of(tmp_path / "two")["world_size"] == 2
+    assert_same_training(tmp_path / "two", tmp_path / "one", atol=1e-3)
+    bf16 = run_torchrun(
+        gpu_config(tiny_base_model, dataset, tmp_path / "bf16", precision="bf16"),
+        nproc_per_node=2,
+        timeout_s=300,
+    )
+    assert bf16.final_loss < bf16.first_loss
