@@ -192,8 +192,12 @@ def _run_step_command(name: str, args: argparse.Namespace) -> int:
     config = load_step_config(config_type, args.config, flags, args.config_env)
     if name == "train" and args.launcher == "pytorchjob":
         return train_launcher.launcher_command(args, config)
-    uri = tracking.resolve_tracking_uri(args.mlflow_tracking_uri)
+    # Under torchrun every rank runs this command; only rank 0 opens an MLflow run and reports.
+    is_rank_zero = os.environ.get("RANK", "0") == "0"
+    uri = tracking.resolve_tracking_uri(args.mlflow_tracking_uri) if is_rank_zero else None
     result, run_id = tracking.run_step(name, function, config, uri, args.mlflow_experiment)
+    if not is_rank_zero:
+        return 0
     print(result.summary())
     if run_id:
         print(f"MLflow run: {run_id} ({uri})")

@@ -6,6 +6,8 @@ compile time; `llm_finetune` is the default build for notebooks and the UI. The 
 function runs on a laptop under kfp.local (pipelines/local.py) and on a cluster.
 """
 
+import json
+
 from kfp import dsl
 
 from components.build.component import build_op
@@ -64,6 +66,7 @@ def build_pipeline(
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
         lora_target_modules: str = ",".join(LLAMA_LORA_TARGETS),
+        train_backend: str = "hf",
         epochs: float = 3.0,
         max_steps: int = 0,
         learning_rate: float = 2e-4,
@@ -71,8 +74,11 @@ def build_pipeline(
         global_batch_size: int = 64,
         max_length: int = 2048,
         precision: str = "auto",
+        save_every_steps: int = 200,
         num_nodes: int = 1,
         gpus_per_node: int = 1,
+        train_env_from_secrets: str = "",
+        train_job_cleanup: str = "keep",
         max_eval_records: int = 256,
         max_new_tokens: int = 64,
         gate_min_exact_match_gain: float = 0.0,
@@ -103,6 +109,8 @@ def build_pipeline(
             lora_alpha: LoRA alpha; the update is scaled by alpha / r.
             lora_dropout: Dropout applied to the LoRA input during training.
             lora_target_modules: Comma-separated names of the layers that get LoRA adapters.
+            train_backend: hf (transformers + PEFT, with torchrun across a node's GPUs) or nemo (NVIDIA
+                NeMo AutoModel; needs GPUs and the nemo-automodel package in the train image).
             epochs: Number of passes over the training data (fractions allowed).
             max_steps: Stop after this many optimizer steps; 0 means train for the given epochs.
             learning_rate: Peak learning rate (AdamW, linear warmup then cosine decay).
@@ -110,8 +118,15 @@ def build_pipeline(
             global_batch_size: Sequences per optimizer step (gradient accumulation makes up the rest).
             max_length: Longest training example in tokens; longer ones are truncated.
             precision: auto (bf16 on GPUs that support it, else fp32), bf16, fp16 or fp32.
-            num_nodes: Training nodes. This release trains on one node.
-            gpus_per_node: GPUs per training node. This release trains on one GPU.
+            save_every_steps: Checkpoint every N optimizer steps; a retried or interrupted train step
+                resumes from the newest complete checkpoint (0: only at the end).
+            num_nodes: Training nodes. Above 1, training runs as a Kubeflow PyTorchJob (Training Operator v1)
+                across that many nodes, launched and watched by the train task; outputs must be on s3://.
+            gpus_per_node: GPUs per training node (torchrun data parallel on each node). Keep it equal to
+                the GPUs of the train step's cluster profile.
+            train_env_from_secrets: Comma-separated Kubernetes Secrets whose keys become environment
+                variables of the PyTorchJob pods (credentials never go in parameters).
+            train_job_cleanup: keep or delete the PyTorchJob when the run fails (its logs stay with it).
             max_eval_records: Held-out records used for the generation metrics of base and tuned models.
             max_new_tokens: Longest generation in evaluation and the default for served requests.
             gate_min_exact_match_gain: Deploy only if tuned exact match exceeds base by at least this much.
@@ -124,12 +139,17 @@ def build_pipeline(
             rollout_target: local (a Triton server inside the rollout task, smoke-tested, then stopped) or
                 kubernetes (not available in this release).
             triton_replicas: Triton server replicas (kubernetes target).
-            namespace: Kubernetes namespace for the Triton deployment (kubernetes target).
+            namespace: Kubernetes namespace for the training PyTorchJob and the Triton deployment.
             mlflow_tracking_uri: MLflow tracking server, e.g. http://mlflow.mlflow.svc:5000. Empty: the
                 MLFLOW_TRACKING_URI of the pod, else tracking is off. "disabled" turns it off.
             mlflow_experiment: MLflow experiment that groups the runs of this pipeline.
         """
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        # The image and cluster profile of a multi-node job's pods: compile-time settings.
+        train_placement = json.dumps(
+            {"image": images.for_step("train"), "profile": profiles.train.model_dump(mode="json")},
+            sort_keys=True,
+        )
         tracking = {
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_experiment": mlflow_experiment,
@@ -137,7 +157,13 @@ def build_pipeline(
             "storage_root": storage_root,
         }
 
-        exit_task = configure(finalize_op(**tracking), "finalize", "Record outcome", cache=False, retries=0)
+        exit_task = configure(
+            finalize_op(num_nodes=num_nodes, namespace=namespace, job_cleanup=train_job_cleanup, **tracking),
+            "finalize",
+            "Record outcome",
+            cache=False,
+            retries=0,
+        )
         with dsl.ExitHandler(exit_task, name="Fine-tune and serve"):
             curate = configure(
                 curate_op(
@@ -155,6 +181,7 @@ def build_pipeline(
                 train_op(
                     base_model_uri=base_model_uri,
                     dataset=curate.outputs["dataset"],
+                    backend=train_backend,
                     lora_r=lora_r,
                     lora_alpha=lora_alpha,
                     lora_dropout=lora_dropout,
@@ -166,8 +193,13 @@ def build_pipeline(
                     global_batch_size=global_batch_size,
                     max_length=max_length,
                     precision=precision,
+                    save_every_steps=save_every_steps,
                     num_nodes=num_nodes,
                     gpus_per_node=gpus_per_node,
+                    namespace=namespace,
+                    env_from_secrets=train_env_from_secrets,
+                    job_cleanup=train_job_cleanup,
+                    placement_json=train_placement,
                     **tracking,
                 ),
                 "train",

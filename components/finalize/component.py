@@ -12,6 +12,9 @@ def finalize_op(
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     pipeline_run: str,
+    num_nodes: int,
+    namespace: str,
+    job_cleanup: str,
     status: PipelineTaskFinalStatus,
 ):
     """Record the run's final state (runs after success and after failure)."""
@@ -24,6 +27,8 @@ def finalize_op(
         state=status.state,
         error_message=status.error_message or "",
         failed_task=status.pipeline_task_name if status.state != "SUCCEEDED" else "",
+        training_job_namespace=namespace if num_nodes > 1 else "",
+        training_job_cleanup=job_cleanup,
     )
     run_component_step(
         "finalize", finalize, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root

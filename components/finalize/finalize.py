@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +28,12 @@ class FinalizeConfig(BaseModel):
     state: str = Field(description="Final state KFP reports for the tasks under the exit handler.")
     error_message: str = Field("", description="KFP's error message, if any.")
     failed_task: str = Field("", description="The task that failed, if any.")
+    training_job_namespace: str = Field(
+        "", description="Namespace of the run's PyTorchJob, when training ran on several nodes; else empty."
+    )
+    training_job_cleanup: Literal["keep", "delete"] = Field(
+        "keep", description="What happens to that PyTorchJob when the run did not succeed."
+    )
 
 
 class FinalizeResult(BaseModel):
@@ -53,4 +60,12 @@ def finalize(config: FinalizeConfig, tracker: Tracker = NULL_TRACKER) -> Finaliz
     tracker.set_tags({"llmft.pipeline_state": config.state, "llmft.failed_task": config.failed_task})
     if not succeeded:
         log.error("pipeline run %s ended %s: %s", config.pipeline_run, config.state, config.error_message)
+        if config.training_job_namespace:
+            from components.train import pytorchjob
+
+            name = pytorchjob.job_name(config.pipeline_run, "train")
+            deleted = pytorchjob.cleanup(name, config.training_job_namespace, config.training_job_cleanup)
+            log.info(
+                "PyTorchJob %s/%s: %s", config.training_job_namespace, name, "deleted" if deleted else "kept"
+            )
     return FinalizeResult(outcome=uri, state=config.state, succeeded=succeeded)

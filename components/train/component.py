@@ -1,4 +1,4 @@
-"""KFP component for train: a thin shell over components.train.train."""
+"""KFP component for train: a thin shell over components.train.launch.run_train_step."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -10,6 +10,7 @@ from components.images import image_for_step
 def train_op(
     base_model_uri: str,
     dataset: Input[Dataset],
+    backend: str,
     lora_r: int,
     lora_alpha: int,
     lora_dropout: float,
@@ -21,8 +22,13 @@ def train_op(
     global_batch_size: int,
     max_length: int,
     precision: str,
+    save_every_steps: int,
     num_nodes: int,
     gpus_per_node: int,
+    namespace: str,
+    env_from_secrets: str,
+    job_cleanup: str,
+    placement_json: str,
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
@@ -30,15 +36,23 @@ def train_op(
     adapter: Output[Model],
     metrics: Output[Metrics],
 ):
-    """LoRA supervised fine-tuning; writes a Hugging Face PEFT adapter."""
-    from components.step_io import artifact_uri, point_artifact, run_component_step, run_output_uri
-    from components.train.train import LoraSettings, TrainConfig, require_single_process, train
+    """LoRA supervised fine-tuning (one GPU, torchrun over a node's GPUs, or a PyTorchJob across nodes).
 
-    require_single_process(num_nodes, gpus_per_node)
+    `placement_json` (image and cluster profile of the job's pods) is fixed at compile time.
+    """
+    import functools
+    import json
+    import math
+
+    from components.step_io import artifact_uri, point_artifact, run_component_step, run_output_uri
+    from components.train.launch import ClusterPlacement, run_train_step
+    from components.train.train import LoraSettings, TrainConfig
+
     config = TrainConfig(
         base_model=base_model_uri,
         data=artifact_uri(dataset),
         output=run_output_uri(storage_root, pipeline_run, "train"),
+        backend=backend,
         lora=LoraSettings(
             r=lora_r,
             alpha=lora_alpha,
@@ -52,9 +66,21 @@ def train_op(
         global_batch_size=global_batch_size,
         max_length=max_length,
         precision=precision,
+        save_every_steps=save_every_steps,
+        resume="auto",  # a KFP retry (or a spot interruption) continues from the newest checkpoint
+    )
+    placement = ClusterPlacement(
+        **json.loads(placement_json),
+        pipeline_run=pipeline_run,
+        namespace=namespace,
+        env_from_secrets=[name.strip() for name in env_from_secrets.split(",") if name.strip()],
+        cleanup=job_cleanup,
+    )
+    step = functools.partial(
+        run_train_step, num_nodes=num_nodes, gpus_per_node=gpus_per_node, placement=placement
     )
     result, mlflow_run_id = run_component_step(
-        "train", train, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+        "train", step, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
     )
     point_artifact(
         adapter,
@@ -66,4 +92,5 @@ def train_op(
         },
     )
     for name in ("final_loss", "val_loss", "steps", "tokens_per_second"):
-        metrics.log_metric(name, getattr(result, name))
+        if math.isfinite(getattr(result, name)):  # the nemo backend leaves val_loss to evaluate (NaN)
+            metrics.log_metric(name, getattr(result, name))

@@ -24,10 +24,13 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from typing import Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from components import storage
+from components.resources import ResourceProfile
 from components.tracking import NULL_TRACKER, Tracker
 from components.train import distributed
 from components.train.train import TrainConfig, TrainError, TrainResult, train
@@ -136,6 +139,57 @@ def run_torchrun(
             + "\n".join(tail)
         )
     return read_result(config.output)
+
+
+class ClusterPlacement(BaseModel):
+    """Where a multi-node train runs: fixed when the pipeline is compiled, plus the run's id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline_run: str = Field(description="KFP run id; with the task name it names the PyTorchJob.")
+    namespace: str = Field(description="Namespace of the PyTorchJob.")
+    image: str = Field(description="Train image for the job's pods.")
+    profile: ResourceProfile = Field(description="The train step's cluster profile (GPUs, EFA, shm, ...).")
+    env_from_secrets: list[str] = Field(default_factory=list, description="Secrets exposed as environment.")
+    cleanup: Literal["delete", "keep"] = Field("keep", description="What to do with a failed job.")
+
+
+def run_train_step(
+    config: TrainConfig,
+    num_nodes: int,
+    gpus_per_node: int,
+    placement: ClusterPlacement | None = None,
+    tracker: Tracker = NULL_TRACKER,
+) -> TrainResult:
+    """The train step on any shape: in this process, torchrun on this node, or a PyTorchJob."""
+    if num_nodes > 1:
+        from components.train import pytorchjob
+
+        if placement is None:
+            raise TrainError(f"num_nodes={num_nodes} needs a cluster placement (namespace, image, profile)")
+        if not storage.is_s3(config.output):
+            raise TrainError(
+                f"num_nodes={num_nodes}: output {config.output!r} must be on s3://, where the "
+                "job's rank 0 writes and this launcher reads the result"
+            )
+        extra_env = {MLFLOW_RUN_ENV: str(tracker.run_id), "MLFLOW_TRACKING_URI": str(tracker.tracking_uri)}
+        settings = pytorchjob.PyTorchJobSettings(
+            name=pytorchjob.job_name(placement.pipeline_run, "train"),
+            namespace=placement.namespace,
+            image=placement.image,
+            nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            profile=placement.profile.model_copy(update={"gpus": gpus_per_node}),
+            train_config=config.model_dump(mode="json"),
+            env_from_secrets=placement.env_from_secrets,
+            extra_env=extra_env if tracker.enabled else {},
+            cleanup=placement.cleanup,
+        )
+        pytorchjob.launch(settings)
+        return read_result(config.output)
+    if gpus_per_node > 1:
+        return run_torchrun(config, gpus_per_node, tracker=tracker)
+    return train(config, tracker)
 
 
 def main() -> int:

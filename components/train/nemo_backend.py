@@ -191,13 +191,15 @@ def require_nemo_automodel() -> None:
         )
 
 
-def read_losses(checkpoint_dir: Path) -> list[tuple[int, float]]:
-    """(step, loss) from AutoModel's training.jsonl, steps counted from 1 like the hf backend."""
+def read_losses(checkpoint_dir: Path) -> tuple[list[tuple[int, float]], int]:
+    """The loss curve from AutoModel's training.jsonl (steps counted from 1, like the hf backend)
+    and the number of response tokens trained on."""
     path = checkpoint_dir / "training.jsonl"
     if not path.is_file():
-        return []
+        return [], 0
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(int(row["step"]) + 1, float(row["loss"])) for row in rows]
+    curve = [(int(row["step"]) + 1, float(row["loss"])) for row in rows]
+    return curve, sum(int(row.get("num_label_tokens", 0)) for row in rows)
 
 
 def latest_adapter_dir(checkpoint_dir: Path) -> Path:
@@ -220,8 +222,8 @@ def latest_adapter_dir(checkpoint_dir: Path) -> Path:
     )
 
 
-def run_recipe(config: Any, total_steps: int, nproc_per_node: int, workdir: Path) -> tuple[Path, list]:
-    """Write the dataset, template and YAML, run AutoModel, return (adapter dir, loss curve)."""
+def run_recipe(config: Any, total_steps: int, nproc_per_node: int, workdir: Path) -> Path:
+    """Write the dataset, template and YAML, run AutoModel; return its checkpoint directory."""
     require_nemo_automodel()
     data_dir = storage.localize_dir(config.data)
     model_dir = storage.localize_dir(config.base_model)
@@ -246,7 +248,7 @@ def run_recipe(config: Any, total_steps: int, nproc_per_node: int, workdir: Path
             f"NeMo AutoModel exited with {process.returncode} after "
             f"{time.perf_counter() - started:.0f} s; see its log above ({config_path})"
         )
-    return latest_adapter_dir(checkpoint_dir), read_losses(checkpoint_dir)
+    return checkpoint_dir
 
 
 def publish_adapter(adapter_dir: Path, base_model: str, destination: str, steps: int) -> None:

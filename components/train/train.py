@@ -19,6 +19,7 @@ Output layout under `config.output`:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -68,7 +69,9 @@ class TrainConfig(BaseModel):
     base_model: str = Field(description="Base model: Hugging Face checkpoint directory (path or s3://).")
     data: str = Field(description="Curated dataset directory (train.jsonl, val.jsonl) written by curate.")
     output: str = Field(description="Directory (path or s3://) for the adapter, checkpoints and metrics.")
-    backend: Literal["hf", "nemo"] = Field("hf", description="Training backend: hf (transformers + PEFT).")
+    backend: Literal["hf", "nemo"] = Field(
+        "hf", description="Training backend: hf (transformers + PEFT) or nemo (NeMo AutoModel, GPU only)."
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings.")
     epochs: float = Field(3.0, gt=0, description="Passes over the training set (fractions allowed).")
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: use epochs).")
@@ -115,16 +118,6 @@ class TrainResult(BaseModel):
             f"{self.final_loss:.3f}, val loss {self.val_loss:.3f}, "
             f"{self.tokens_per_second:,.0f} response tokens/s, {self.runtime_s:.0f} s\n"
             f"adapter: {self.adapter}"
-        )
-
-
-def require_single_process(num_nodes: int, gpus_per_node: int) -> None:
-    """This step trains on one node (one process, or torchrun over its GPUs); refuse more nodes."""
-    if num_nodes != 1:
-        raise TrainError(
-            f"num_nodes={num_nodes}, gpus_per_node={gpus_per_node}: this step trains on one node "
-            "(num_nodes=1; gpus_per_node > 1 runs torchrun on that node); multi-node training runs "
-            "as a PyTorchJob (components/train/pytorchjob.py)"
         )
 
 
@@ -417,17 +410,69 @@ def _validation_loss(
 
 def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     """Train a LoRA adapter; under torchrun, one rank of a data parallel job."""
-    if config.backend != "hf":
-        raise TrainError(
-            f"backend={config.backend!r} is not available in this release: use backend='hf' "
-            "(the NeMo AutoModel backend is planned; see components/train/README.md)"
-        )
+    if config.backend == "nemo":
+        return _train_with_nemo(config, tracker)
     device = distributed.setup(_device(config.device))
     try:
         # A launcher hands every rank the same tracker; only rank 0 logs, so metrics are not repeated.
         return _train(config, device, tracker if distributed.is_main() else NULL_TRACKER)
     finally:
         distributed.teardown()
+
+
+def _train_with_nemo(config: TrainConfig, tracker: Tracker) -> TrainResult:
+    """The `nemo` backend: NeMo AutoModel trains on every visible GPU; its adapter is published
+    in the same place and format as the hf backend's (see nemo_backend.py)."""
+    import torch
+
+    from components.train import nemo_backend
+
+    nemo_backend.require_nemo_automodel()  # before any download: fail fast where AutoModel cannot run
+    started = time.perf_counter()
+    records = sum(1 for _ in read_records(storage.localize_dir(config.data) / "train.jsonl"))
+    if not records:
+        raise TrainError(f"{config.data}: train.jsonl holds no records: nothing to train on")
+    micro_batches_per_step = max(config.global_batch_size // config.micro_batch_size, 1)
+    steps_per_epoch = max(math.ceil(records / config.micro_batch_size) // micro_batches_per_step, 1)
+    total_steps = config.max_steps or max(int(config.epochs * steps_per_epoch), 1)
+    # AutoModel resumes from its own checkpoints; they need a local (or mounted) directory.
+    if config.checkpoint_uri and not storage.is_s3(config.checkpoint_uri):
+        workdir = Path(config.checkpoint_uri)
+    else:
+        digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+        workdir = Path(tempfile.gettempdir()) / "llmft-nemo" / digest
+    checkpoint_dir = nemo_backend.run_recipe(config, total_steps, max(torch.cuda.device_count(), 1), workdir)
+    curve, tokens = nemo_backend.read_losses(checkpoint_dir)
+    for step, loss in curve:
+        tracker.log_metrics({"train_loss": loss}, step=step)
+    adapter_uri = storage.join(config.output, "adapter")
+    nemo_backend.publish_adapter(
+        nemo_backend.latest_adapter_dir(checkpoint_dir), config.base_model, adapter_uri, total_steps
+    )
+    runtime = time.perf_counter() - started
+    window = max(len(curve) // 10, 1)
+    losses = [loss for _, loss in curve] or [math.nan]
+    result = TrainResult(
+        adapter=adapter_uri,
+        output=config.output,
+        steps=total_steps,
+        epochs=total_steps / steps_per_epoch,
+        first_loss=sum(losses[:window]) / len(losses[:window]),
+        final_loss=sum(losses[-window:]) / len(losses[-window:]),
+        val_loss=math.nan,  # scored by evaluate, with the same loss as the hf backend
+        train_tokens=tokens,
+        tokens_per_second=tokens / runtime,
+        runtime_s=runtime,
+    )
+    metrics_file = {
+        **result.model_dump(),
+        "val_loss": None,
+        "loss_curve": curve,
+        "eval_curve": [],
+        "backend": "nemo",
+    }
+    storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics_file, indent=2))
+    return result
 
 
 def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:

@@ -20,7 +20,7 @@ from components.records import Record, write_records
 from components.storage import MANIFEST_NAME, IncompleteDirectoryError
 from components.tracking import run_step
 from components.train.data import IGNORE_INDEX, EncodedExample, collate, encode_record, prompt_ids
-from components.train.train import LoraSettings, TrainConfig, TrainError, require_single_process, train
+from components.train.train import LoraSettings, TrainConfig, TrainError, train
 
 SUBJECTS = ["the soup", "the service", "the movie", "the hotel room", "the concert", "the book"]
 POSITIVE = ["wonderful", "delightful", "excellent", "friendly", "lovely", "great"]
@@ -253,9 +253,11 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_base_model, dataset, t
 # --- refused settings and inputs -------------------------------------------------------------
 
 
-def test_nemo_backend_is_not_available(tmp_path) -> None:
+def test_nemo_backend_refuses_to_start_without_automodel_and_a_gpu(tmp_path) -> None:
+    from components.train.nemo_backend import NemoBackendError
+
     config = config_for(str(tmp_path / "nowhere"), str(tmp_path / "nothing"), str(tmp_path / "out"))
-    with pytest.raises(TrainError, match=r"backend='nemo' is not available"):
+    with pytest.raises(NemoBackendError, match=r"backend='nemo' needs"):
         train(config.model_copy(update={"backend": "nemo"}))
     assert not (tmp_path / "out").exists()
 
@@ -285,18 +287,6 @@ def test_data_without_manifest_is_refused(tiny_base_model, tmp_path) -> None:
 def test_bf16_on_cpu_is_refused(tiny_base_model, dataset, tmp_path) -> None:
     with pytest.raises(TrainError, match="precision=bf16 needs a GPU"):
         train(config_for(tiny_base_model, dataset, str(tmp_path / "out"), precision="bf16"))
-
-
-@pytest.mark.parametrize(("nodes", "gpus"), [(2, 8), (2, 1)])
-def test_more_than_one_node_is_refused(nodes: int, gpus: int) -> None:
-    with pytest.raises(TrainError, match=f"num_nodes={nodes}, gpus_per_node={gpus}.*PyTorchJob"):
-        require_single_process(nodes, gpus)
-
-
-@pytest.mark.parametrize(("nodes", "gpus"), [(1, 1), (1, 0), (1, 8)])
-def test_one_node_is_accepted(nodes: int, gpus: int) -> None:
-    """One node with several GPUs trains through torchrun (components/train/launch.py)."""
-    require_single_process(nodes, gpus)
 
 
 # --- S3 and MLflow --------------------------------------------------------------------------
@@ -345,3 +335,20 @@ def test_train_loss_is_logged_to_mlflow_per_step(tiny_base_model, dataset, mlflo
     throughput = client.get_metric_history(run_id, "tokens_per_second")
     assert sorted(m.step for m in throughput) == [0, 1, 2, 4, 5] and all(m.value > 0 for m in throughput)
     assert "gpu_memory_gib" not in run.data.metrics  # logged on CUDA only
+
+
+def test_multi_node_training_needs_a_placement_and_s3_output(tmp_path) -> None:
+    from components.resources import preset_profiles
+    from components.train.launch import ClusterPlacement, run_train_step
+
+    config = TrainConfig(base_model="s3://b/base", data="s3://b/data", output=str(tmp_path / "out"))
+    with pytest.raises(TrainError, match="needs a cluster placement"):
+        run_train_step(config, num_nodes=2, gpus_per_node=8)
+    placement = ClusterPlacement(
+        pipeline_run="run-1",
+        namespace="team",
+        image="registry/llmft-train:1.0",
+        profile=preset_profiles("p5").train,
+    )
+    with pytest.raises(TrainError, match="must be on s3://"):
+        run_train_step(config, num_nodes=2, gpus_per_node=8, placement=placement)

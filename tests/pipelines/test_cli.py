@@ -92,7 +92,7 @@ def test_step_errors_exit_non_zero_with_the_reason(tmp_path, capsys):
     assert "missing.jsonl" in err and "Traceback" not in err
 
 
-def test_unavailable_backend_is_refused(tmp_path, capsys):
+def test_backend_that_cannot_run_here_is_refused(tmp_path, capsys):
     exit_code = main(
         [
             "train",
@@ -109,7 +109,7 @@ def test_unavailable_backend_is_refused(tmp_path, capsys):
         ]
     )
     assert exit_code == 1
-    assert "backend='nemo' is not available" in capsys.readouterr().err
+    assert "backend='nemo' needs NVIDIA NeMo AutoModel" in capsys.readouterr().err
 
 
 def test_train_pytorchjob_dry_run_prints_the_job(capsys):
