@@ -84,7 +84,7 @@ def test_dockerfile_installs_its_extra_with_the_test_constraints(family: str) ->
     runs = [
         rest
         for keyword, rest in instructions(dockerfile(family))
-        if keyword == "RUN" and "pip install" in rest
+        if keyword == "RUN" and "pip install" in rest and '".[' in rest
     ]
     assert len(runs) == 1, "one pip install of llmft per image"
     installed = re.findall(r'"\.\[([A-Za-z0-9_,-]+)\]"', runs[0])
@@ -92,6 +92,18 @@ def test_dockerfile_installs_its_extra_with_the_test_constraints(family: str) ->
     for extra in installed[0].split(","):
         assert extra in extras, f"{family}: extra {extra!r} is not in pyproject.toml"
     assert "-c constraints.txt" in runs[0] and "--no-cache-dir" in runs[0]
+
+
+def test_train_image_gives_nemo_automodel_its_own_environment() -> None:
+    from components.train.nemo_backend import NEMO_PYTHON_ENV
+
+    steps = instructions(dockerfile("train"))
+    nemo_runs = [rest for keyword, rest in steps if keyword == "RUN" and "nemo-automodel" in rest]
+    assert len(nemo_runs) == 1 and "/opt/nemo/bin/pip install" in nemo_runs[0]
+    assert any(
+        keyword == "ENV" and rest.startswith(f"{NEMO_PYTHON_ENV}=/opt/nemo/bin/python")
+        for keyword, rest in steps
+    )
 
 
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)

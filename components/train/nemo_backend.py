@@ -39,6 +39,9 @@ from components.records import read_records
 log = logging.getLogger(__name__)
 
 RECIPE_MODULE = "nemo_automodel.recipes.llm.train_ft"
+# AutoModel pins its own transformers version, so images give it a virtual environment of its
+# own (containers/train/Dockerfile); this variable names that environment's interpreter.
+NEMO_PYTHON_ENV = "LLMFT_NEMO_PYTHON"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 # Spells out components.prompt's PROMPT_TEMPLATE and SYSTEM_TEMPLATE (a test checks it renders
@@ -158,31 +161,27 @@ def recipe_config(
     }
 
 
+def nemo_python() -> str:
+    return os.environ.get(NEMO_PYTHON_ENV, sys.executable)
+
+
 def recipe_command(config_path: Path, nproc_per_node: int) -> list[str]:
-    """The command that runs the recipe: in-process for one GPU, torchrun for several."""
-    if nproc_per_node > 1:
-        return [
-            "torchrun",
-            "--standalone",
-            f"--nproc-per-node={nproc_per_node}",
-            "-m",
-            RECIPE_MODULE,
-            "-c",
-            str(config_path),
-        ]
-    return [sys.executable, "-m", RECIPE_MODULE, "-c", str(config_path)]
+    """The command that runs the recipe: one process for one GPU, torchrun for several."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}"]
+    recipe = ["-m", RECIPE_MODULE, "-c", str(config_path)]
+    return [nemo_python(), *(launcher if nproc_per_node > 1 else []), *recipe]
 
 
 def require_nemo_automodel() -> None:
     """Fail early and clearly where AutoModel cannot run."""
-    import importlib.util
-
     import torch
 
-    if importlib.util.find_spec("nemo_automodel") is None:
+    probe = subprocess.run([nemo_python(), "-c", "import nemo_automodel"], capture_output=True, check=False)
+    if probe.returncode != 0:
         raise NemoBackendError(
-            "backend='nemo' needs NVIDIA NeMo AutoModel: run it in the llmft train image, or "
-            "`pip install nemo-automodel` (it pins its own transformers version; use a separate environment)"
+            f"backend='nemo' needs NVIDIA NeMo AutoModel, which {nemo_python()} cannot import: run it in the "
+            f"llmft train image, or install nemo-automodel in a virtual environment of its own (it pins its "
+            f"own transformers version) and point {NEMO_PYTHON_ENV} at that environment's python"
         )
     if not torch.cuda.is_available():
         raise NemoBackendError(

@@ -109,11 +109,25 @@ def test_recipe_maps_our_settings(tmp_path):
     assert yaml.safe_load(yaml.safe_dump(recipe)) == recipe
 
 
-def test_recipe_command_uses_torchrun_for_several_gpus(tmp_path):
+def test_recipe_command_uses_the_nemo_environment_and_torchrun_for_several_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv(nemo_backend.NEMO_PYTHON_ENV, "/opt/nemo/bin/python")
     single = nemo_backend.recipe_command(tmp_path / "r.yaml", 1)
-    assert single[1:] == ["-m", nemo_backend.RECIPE_MODULE, "-c", str(tmp_path / "r.yaml")]
+    assert single == [
+        "/opt/nemo/bin/python",
+        "-m",
+        nemo_backend.RECIPE_MODULE,
+        "-c",
+        str(tmp_path / "r.yaml"),
+    ]
     several = nemo_backend.recipe_command(tmp_path / "r.yaml", 4)
-    assert several[:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]
+    assert several[:5] == [
+        "/opt/nemo/bin/python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+    ]
+    assert several[5:] == single[1:]
 
 
 def test_refuses_to_start_where_automodel_cannot_run():
