@@ -234,6 +234,7 @@ def local_command(args: argparse.Namespace) -> int:
     for name, path in run.outputs.items():
         print(f"{name}: {path}")
     if not run.succeeded:
-        failed = run.outcome.get("failed_task") or "?"
-        print(f"\nfailed task: {failed}: {run.outcome.get('error_message', '')}")
+        # KFP names only the exit handler's group; the first step without a summary is the one that failed.
+        failed = next((step for step in PIPELINE_STEPS if step not in run.summaries), "?")
+        print(f"\nthe {failed} step failed; its error is above and in {run.outputs.get('full log')}")
     return 0 if run.succeeded and "rollout" in run.summaries else 1

@@ -120,8 +120,11 @@ def test_gate_failure_stops_before_export(tmp_path, capsys):
     assert not (run_dir / "export").exists()
 
 
-def test_failing_step_is_recorded_by_the_exit_handler(tmp_path):
-    run = local.run_local(tmp_path, overrides={"lora_target_modules": "no_such_layer"})
-    assert not run.succeeded
-    assert run.outcome["state"] == "FAILED"
-    assert "train" not in run.summaries and "curate" in run.summaries
+def test_failing_step_is_recorded_by_the_exit_handler(tmp_path, capsys):
+    exit_code = main(["local", "--workdir", str(tmp_path), "--param", "lora_target_modules=no_such_layer"])
+    assert exit_code == 1
+    assert "the train step failed" in capsys.readouterr().out
+    run_dir = next((tmp_path / "storage" / "runs").iterdir())
+    outcome = json.loads((run_dir / "outcome.json").read_text())
+    assert outcome["state"] == "FAILED" and outcome["succeeded"] is False
+    assert {path.stem for path in (run_dir / "summaries").glob("*.json")} == {"curate", "finalize"}
