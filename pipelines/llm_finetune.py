@@ -77,6 +77,7 @@ def build_pipeline(
         save_every_steps: int = 200,
         num_nodes: int = 1,
         gpus_per_node: int = 1,
+        sharding: str = "auto",
         train_env_from_secrets: str = "",
         train_job_cleanup: str = "keep",
         max_eval_records: int = 256,
@@ -124,6 +125,8 @@ def build_pipeline(
                 across that many nodes, launched and watched by the train task; outputs must be on s3://.
             gpus_per_node: GPUs per training node (torchrun data parallel on each node). Keep it equal to
                 the GPUs of the train step's cluster profile.
+            sharding: How several GPUs share the model: ddp (a full copy each), fsdp (weights sharded,
+                for models that do not fit one GPU) or auto (fsdp when the weights take half a GPU's memory).
             train_env_from_secrets: Comma-separated Kubernetes Secrets whose keys become environment
                 variables of the PyTorchJob pods (credentials never go in parameters).
             train_job_cleanup: keep or delete the PyTorchJob when the run fails (its logs stay with it).
@@ -196,6 +199,7 @@ def build_pipeline(
                     save_every_steps=save_every_steps,
                     num_nodes=num_nodes,
                     gpus_per_node=gpus_per_node,
+                    sharding=sharding,
                     namespace=namespace,
                     env_from_secrets=train_env_from_secrets,
                     job_cleanup=train_job_cleanup,

@@ -25,6 +25,7 @@ def train_op(
     save_every_steps: int,
     num_nodes: int,
     gpus_per_node: int,
+    sharding: str,
     namespace: str,
     env_from_secrets: str,
     job_cleanup: str,
@@ -67,6 +68,7 @@ def train_op(
         max_length=max_length,
         precision=precision,
         save_every_steps=save_every_steps,
+        sharding=sharding,
         resume="auto",  # a KFP retry (or a spot interruption) continues from the newest checkpoint
     )
     placement = ClusterPlacement(

@@ -4,6 +4,15 @@ A process is one rank of a data parallel job when torchrun (or a PyTorchJob, whi
 the same variables) launched it with WORLD_SIZE > 1. Every helper also works in a plain
 single process, where it does nothing (or returns its input), so the train loop reads
 the same either way.
+
+Two ways to spread the model over the ranks (`Sharding`; "none" in a single process):
+
+- ddp: every rank holds the whole model, DistributedDataParallel all-reduces the LoRA gradients;
+- fsdp: FSDP2 (`fully_shard`) splits every weight, the frozen base weights included, into one
+  shard per rank and gathers a layer's weights just for its forward and backward, so a base
+  model too big for one GPU trains on several.
+
+Checkpoints hold whole (unsharded) state dicts either way, so a run may resume with the other.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +30,14 @@ log = logging.getLogger(__name__)
 # the next gradient all-reduce; the default timeout (10 minutes for NCCL) is too tight for
 # a slow upload, and a real hang still ends.
 _TIMEOUT = timedelta(minutes=30)
+
+# How the model is spread over the ranks; "none" in a single process.
+Sharding = Literal["none", "ddp", "fsdp"]
+
+# sharding=auto picks FSDP when the base model's weights take at least this share of one
+# GPU's memory: the rest must hold activations, the LoRA weights, their gradients and AdamW
+# state, and the CUDA context; DDP is faster where the model fits with room to spare.
+FSDP_MEMORY_SHARE = 0.5
 
 
 def world_size() -> int:
@@ -114,30 +131,157 @@ def all_gather(value: Any) -> list[Any]:
     return gathered
 
 
-def wrap(model: Any, device: Any) -> Any:
-    """The model in DistributedDataParallel on several ranks; the model itself otherwise.
+def choose_sharding(requested: Literal["auto", "ddp", "fsdp"], device: Any, model_bytes: int) -> Sharding:
+    """DDP or FSDP for this job ("none" in a single process); `auto` takes FSDP when the base
+    model would crowd one GPU.
 
-    DDP registers only parameters that require gradients, so with LoRA only the adapter
-    weights are all-reduced.
+    `model_bytes` is the base model's weights in the training dtype. The choice is logged
+    with its reason.
+    """
+    import torch
+
+    if not is_distributed():
+        if requested != "auto":
+            log.info("sharding=%s: one process holds the whole model; it applies under torchrun", requested)
+        return "none"
+    if requested != "auto":
+        log.info("sharding: %s (as configured)", requested)
+        return requested
+    if device.type != "cuda":
+        log.info("sharding=auto: ddp (on CPUs the model lives in host memory; FSDP saves GPU memory)")
+        return "ddp"
+    gpu_bytes = torch.cuda.get_device_properties(device).total_memory
+    share = model_bytes / gpu_bytes
+    choice: Sharding = "fsdp" if share >= FSDP_MEMORY_SHARE else "ddp"
+    log.info(
+        "sharding=auto: %s (the base model's weights, %.1f GiB, take %.0f%% of one GPU's %.1f GiB; "
+        "fsdp from %.0f%%)",
+        choice,
+        model_bytes / 2**30,
+        100 * share,
+        gpu_bytes / 2**30,
+        100 * FSDP_MEMORY_SHARE,
+    )
+    return choice
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The model's repeated transformer blocks (`LlamaDecoderLayer`, `Qwen2DecoderLayer`, ...)."""
+    return [module for module in model.modules() if type(module).__name__.endswith("DecoderLayer")]
+
+
+def wrap(model: Any, device: Any, sharding: Sharding, compute_dtype: Any = None) -> Any:
+    """The model on `device`, ready for data parallel training with `sharding`.
+
+    - none (one process): the model itself, moved to `device`;
+    - ddp: the model in DistributedDataParallel. DDP registers only parameters that require
+      gradients, so with LoRA only the adapter weights are all-reduced;
+    - fsdp: the model itself, sharded in place with FSDP2 (see `shard`).
+
+    Call it before building the optimizer: FSDP replaces the parameters with sharded ones.
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    if not is_distributed():
-        return model
+    if sharding == "none":
+        return model.to(device)
+    if sharding == "fsdp":
+        return shard(model, device, compute_dtype)
+    model.to(device)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard(model: Any, device: Any, compute_dtype: Any = None) -> Any:
+    """Shard `model` (on the CPU) over all ranks with FSDP2; its shards land on `device`.
+
+    Each decoder layer becomes one FSDP unit (its weights are gathered for its forward and
+    backward only, then freed), and the root takes what is left (embeddings, final norm,
+    output layer). `fully_shard` moves each unit to `device` as it shards it, so while sharding
+    a rank's device never holds more than its shards and one whole layer.
+
+    With a 16-bit `compute_dtype`, layers compute in it while gradients are reduced in float32:
+    the LoRA weights (PEFT keeps them in float32) and AdamW stay in float32, as on one GPU.
+    """
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size(),))
+    precision = MixedPrecisionPolicy()
+    if compute_dtype is not None and compute_dtype != torch.float32:
+        precision = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    layers = decoder_layers(model)
+    if not layers:
+        log.warning(
+            "fsdp: no *DecoderLayer modules in %s: the whole model is one FSDP unit, gathered whole "
+            "for every forward (no memory saved over DDP during compute)",
+            type(model).__name__,
+        )
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=precision)
+    fully_shard(model, mesh=mesh, mp_policy=precision)
+    log.info("fsdp: %d decoder layers and the root sharded over %d ranks", len(layers), world_size())
+    return model
+
+
+def is_sharded(model: Any) -> bool:
+    """True for a model that `shard` sharded: its forward needs every rank (see `wrap`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 @contextlib.contextmanager
 def gradient_sync(model: Any, sync: bool) -> Iterator[None]:
-    """Inside, a DDP backward all-reduces gradients only when `sync` is true.
+    """Inside, a backward reduces gradients over the ranks only when `sync` is true.
 
-    Gradient accumulation needs the all-reduce once per optimizer step, after the last
-    micro batch; the earlier backwards only add to the local gradients.
+    Gradient accumulation needs the reduction once per optimizer step, after the last
+    micro batch; the earlier backwards only add to the local gradients. DDP's `no_sync`
+    skips its all-reduce, FSDP's `set_requires_gradient_sync(False)` its reduce-scatter.
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync or not isinstance(model, DistributedDataParallel):
+    if sync:
         yield
-        return
-    with model.no_sync():
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif is_sharded(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
         yield
+
+
+def full_state_dict(model: Any) -> dict[str, Any]:
+    """The trainable parameters (the LoRA weights) whole, on the CPU, keyed like `model.state_dict()`.
+
+    Every rank must call it: under FSDP it gathers each parameter's shards, to rank 0 only
+    (the other ranks get an empty dict). The frozen base weights are left out, so a sharded
+    70B base model is never gathered.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_model_state_dict(model, options=options)
+
+
+def full_optimizer_state_dict(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state whole, on the CPU, keyed by parameter name (as `full_state_dict`).
+
+    Parameter names, not the optimizer's parameter indices, and whole tensors, not shards: the
+    same checkpoint loads under DDP, FSDP or in one process. Every rank must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_optimizer_state_dict(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    """Load what `full_optimizer_state_dict` returned; under FSDP each rank keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -7,8 +7,10 @@ restarted run resumes from exactly, and the final adapter saved in Hugging Face 
 format so evaluate and export load it with `PeftModel.from_pretrained`.
 
 Under torchrun (WORLD_SIZE > 1) the same loop is data parallel: each rank runs its share
-of every step's micro batches in DistributedDataParallel, so a step still covers
-`global_batch_size` sequences; rank 0 alone writes outputs and logs metrics.
+of every step's micro batches, so a step still covers `global_batch_size` sequences; rank 0
+alone writes outputs and logs metrics. The model is either replicated on every rank
+(DistributedDataParallel) or sharded over the ranks (FSDP2) for a base model too big for one
+GPU; `sharding` picks, and checkpoints hold whole state dicts, so a run resumes under either.
 
 Output layout under `config.output`:
     adapter/            the LoRA adapter (adapter_config.json, adapter_model.safetensors) + tokenizer
@@ -98,6 +100,12 @@ class TrainConfig(BaseModel):
     log_every_steps: int = Field(10, ge=1, description="Log loss and learning rate every N steps.")
     seed: int = Field(42, description="Seed for adapter init and data order.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    sharding: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="Several GPUs (torchrun) only. ddp: every GPU holds the whole model; fsdp: the "
+        "model is sharded over the GPUs, for a base model that does not fit one; auto: fsdp when "
+        "the base model's weights take half of one GPU's memory or more, else ddp (always ddp on CPUs).",
+    )
 
 
 class TrainResult(BaseModel):
@@ -220,20 +228,28 @@ def _save_checkpoint(
     scheduler: Any,
     progress: Progress,
     settings: dict[str, Any],
+    sharding: distributed.Sharding,
     device: Any,
     keep: int,
 ) -> None:
-    """Rank 0 writes `root`/step-N (its manifest last) and drops the oldest beyond `keep`."""
+    """Rank 0 writes `root`/step-N (its manifest last) and drops the oldest beyond `keep`.
+
+    Every rank calls it: under FSDP the adapter and optimizer state are gathered from all ranks.
+    """
     import torch
 
+    # Whole tensors keyed by parameter name, whatever the sharding: a checkpoint written under
+    # FSDP resumes under DDP or in one process, and the other way round.
+    adapter_state = distributed.full_state_dict(model)
+    optimizer_state = distributed.full_optimizer_state_dict(model, optimizer)
     # Each rank draws dropout masks from its own RNG stream: keep every rank's, so each resumes its own.
     rng = distributed.all_gather(_rng_state(device))
     if distributed.is_main():
         with tempfile.TemporaryDirectory() as staging:
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, state_dict=adapter_state)
             state = {
                 **asdict(progress),
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "rng": rng,
             }
@@ -242,6 +258,7 @@ def _save_checkpoint(
                 "step": progress.step,
                 "epoch": progress.epoch,
                 "world_size": distributed.world_size(),
+                "sharding": sharding,
                 "settings": settings,
             }
             storage.publish_dir(
@@ -287,16 +304,32 @@ def _check_resume_settings(uri: str, saved: dict[str, Any] | None, current: dict
         )
 
 
-def _load_checkpoint(uri: str, model: Any, optimizer: Any, scheduler: Any, device: Any) -> Progress:
-    """Restore adapter weights, optimizer, scheduler and this rank's RNG; return the saved progress."""
-    import torch
+def _load_adapter(uri: str, model: Any) -> None:
+    """Restore the checkpoint's adapter weights into the PEFT model, before `distributed.wrap`:
+    PEFT loads whole tensors, which FSDP's sharded parameters would not take."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    local = storage.localize_dir(uri)
-    set_peft_model_state_dict(model, load_file(local / "adapter_model.safetensors", device=str(device)))
-    state = torch.load(local / TRAINER_STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    set_peft_model_state_dict(model, load_file(storage.localize_dir(uri) / "adapter_model.safetensors"))
+
+
+def _load_trainer_state(uri: str, model: Any, optimizer: Any, scheduler: Any, device: Any) -> Progress:
+    """Restore optimizer, scheduler and this rank's RNG (after `distributed.wrap`, with the
+    optimizer of the wrapped model); return the saved progress."""
+    import torch
+
+    state = torch.load(storage.localize_dir(uri) / TRAINER_STATE, map_location="cpu", weights_only=True)
+    if any(isinstance(key, int) for key in state["optimizer"]["state"]):
+        # llmft before FSDP support saved AdamW's own state_dict, keyed by parameter position:
+        # whole tensors in the unsharded optimizer's order, so only an unsharded model takes it.
+        if distributed.is_sharded(model):
+            raise TrainError(
+                f"cannot resume from {uri} with sharding=fsdp: an earlier llmft wrote it, with the "
+                "optimizer state in a form FSDP cannot load; resume it with sharding: ddp"
+            )
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        distributed.load_full_optimizer_state_dict(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]
     if len(rng) == distributed.world_size():
@@ -319,36 +352,24 @@ def _load_checkpoint(uri: str, model: Any, optimizer: Any, scheduler: Any, devic
     )
 
 
-def _start_or_resume(
-    config: TrainConfig,
-    checkpoints: str,
-    settings: dict[str, Any],
-    total_steps: int,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    device: Any,
-) -> tuple[Progress, str | None]:
-    """With resume=auto, load the newest complete checkpoint (if any) into model, optimizer and
-    scheduler; returns the progress to continue from and the checkpoint's URI (None: from step 0)."""
+def _checkpoint_to_resume(
+    config: TrainConfig, checkpoints: str, settings: dict[str, Any], total_steps: int
+) -> str | None:
+    """With resume=auto, the newest complete checkpoint this run can continue (None: from step 0).
+
+    Refuses a checkpoint with other settings, or past this run's last step; with resume=never,
+    removes the checkpoints of an earlier run.
+    """
     found = _newest_complete_checkpoint(checkpoints) if config.resume == "auto" else None
     if found:
         uri, manifest = found
         _check_resume_settings(uri, manifest.metadata.get("settings"), settings)
-        progress = _load_checkpoint(uri, model, optimizer, scheduler, device)
-        if progress.step > total_steps:
+        if manifest.metadata["step"] > total_steps:
             raise TrainError(
-                f"{uri} is at step {progress.step}, past this run's {total_steps} steps: "
+                f"{uri} is at step {manifest.metadata['step']}, past this run's {total_steps} steps: "
                 "raise max_steps or epochs, or set resume: never to start over"
             )
-        log.info(
-            "resuming from %s: step %d, epoch %d, %d steps into the epoch",
-            uri,
-            progress.step,
-            progress.epoch,
-            progress.position,
-        )
-        return progress, uri
+        return uri
     if config.resume == "never" and distributed.is_main() and _checkpoint_names(checkpoints):
         # An earlier run's checkpoints would be pruned in place of this run's, and a later
         # resume=auto would continue from them: they go now.
@@ -357,7 +378,7 @@ def _start_or_resume(
             storage.remove_dir(storage.join(checkpoints, name))
     elif config.resume == "auto":
         log.info("no complete checkpoint in %s: training from step 0", checkpoints)
-    return Progress(), None
+    return None
 
 
 def _step_groups(
@@ -402,8 +423,21 @@ def _validation_loss(
     model: Any, examples: list[EncodedExample], batch_size: int, pad_id: int, device: Any
 ) -> float:
     """Mean loss per response token of the validation set; each rank scores its share."""
+    import torch
+
     share = examples[distributed.rank() :: distributed.world_size()]
     mean, tokens = validation_loss(model, share, batch_size, pad_id, device)
+    if distributed.is_sharded(model):
+        # Every FSDP forward gathers each layer's weights from all ranks, so all ranks must run
+        # as many forwards: a rank with fewer batches (its share is one example shorter) runs
+        # empty ones, whose output nobody reads.
+        most_batches = math.ceil(math.ceil(len(examples) / distributed.world_size()) / batch_size)
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(most_batches - math.ceil(len(share) / batch_size)):
+                model(input_ids=torch.full((1, 1), pad_id, device=device))
+        model.train(was_training)
     loss_sum, total_tokens = distributed.all_reduce_sum([mean * tokens if tokens else 0.0, tokens])
     return loss_sum / total_tokens if total_tokens else math.nan
 
@@ -497,7 +531,11 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    # Loaded on the CPU; `distributed.wrap` moves it to the device (FSDP one shard at a time),
+    # after get_peft_model, so the LoRA init draws from the CPU random stream on any device.
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    sharding = distributed.choose_sharding(config.sharding, device, weight_bytes)
     missing = [
         name
         for name in config.lora.target_modules
@@ -509,7 +547,8 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             f"({type(model).__name__}); check the model's module names"
         )
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: the variant FSDP and DDP support (transformers 4 defaulted to reentrant).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = LoraConfig(
         r=config.lora.r,
@@ -547,18 +586,30 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     total_steps = config.max_steps or max(int(config.epochs * steps_per_epoch), 1)
     warmup = int(config.warmup_ratio * total_steps)
 
-    parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
     pad_id = tokenizer.pad_token_id
 
     checkpoints = config.checkpoint_uri or storage.join(config.output, "checkpoints")
     settings = _resume_settings(
         config, storage.read_manifest(config.base_model).digest, storage.read_manifest(config.data).digest
     )
-    progress, resumed_from = _start_or_resume(
-        config, checkpoints, settings, total_steps, peft_model, optimizer, scheduler, device
-    )
+    resumed_from = _checkpoint_to_resume(config, checkpoints, settings, total_steps)
+    if resumed_from:
+        _load_adapter(resumed_from, peft_model)
+    # Under FSDP, `peft_model` itself is sharded in place: from here on its parameters are shards.
+    model = distributed.wrap(peft_model, device, sharding, dtype)
+    parameters = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+    progress = Progress()
+    if resumed_from:
+        progress = _load_trainer_state(resumed_from, peft_model, optimizer, scheduler, device)
+        log.info(
+            "resuming from %s: step %d, epoch %d, %d steps into the epoch",
+            resumed_from,
+            progress.step,
+            progress.epoch,
+            progress.position,
+        )
     log.info(
         "training %d examples for %d steps (micro batch %d x %d accumulation x %d ranks, %s on %s)",
         len(train_examples),
@@ -570,7 +621,6 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         device,
     )
 
-    model = distributed.wrap(peft_model, device)
     model.train()
     tokens_before = progress.tokens
     last_saved = progress.step if resumed_from else -1
@@ -629,6 +679,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
                     scheduler,
                     progress,
                     settings,
+                    sharding,
                     device,
                     config.keep_checkpoints,
                 )
@@ -646,7 +697,15 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     runtime = time.perf_counter() - started
     if last_saved != progress.step:
         _save_checkpoint(
-            checkpoints, peft_model, optimizer, scheduler, progress, settings, device, config.keep_checkpoints
+            checkpoints,
+            peft_model,
+            optimizer,
+            scheduler,
+            progress,
+            settings,
+            sharding,
+            device,
+            config.keep_checkpoints,
         )
 
     adapter_uri = storage.join(config.output, "adapter")
@@ -666,9 +725,10 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         tokens_per_second=(progress.tokens - tokens_before) / runtime,
         runtime_s=runtime,
     )
+    adapter_state = distributed.full_state_dict(peft_model)  # every rank: FSDP gathers the shards
     if distributed.is_main():
         with tempfile.TemporaryDirectory() as staging:
-            peft_model.save_pretrained(staging)
+            peft_model.save_pretrained(staging, state_dict=adapter_state)
             tokenizer.save_pretrained(staging)
             metadata = {"base_model": config.base_model, "steps": progress.step}
             storage.publish_dir(staging, adapter_uri, producer="llmft.train", metadata=metadata)
@@ -680,8 +740,12 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             "loss_curve": loss_curve,
             "eval_curve": [(progress.step, finite_val)] if finite_val is not None else [],
             "world_size": world,
+            "sharding": sharding,
             "resumed_from": resumed_from,
         }
+        if device.type == "cuda":
+            # Rank 0's peak over this attempt: what sharding saves shows here.
+            metrics_file["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics_file, indent=2))
     # Every rank returns once the adapter and metrics exist.
     distributed.barrier()

@@ -41,6 +41,7 @@ EXPECTED_PARAMETERS = {
     "save_every_steps": 200,
     "num_nodes": 1,
     "gpus_per_node": 1,
+    "sharding": "auto",
     "train_env_from_secrets": "",
     "train_job_cleanup": "keep",
     "gate_min_exact_match_gain": 0.0,
