@@ -63,10 +63,10 @@ def artifact_uri(artifact: ArtifactLike) -> str:
     return str(json.loads(Path(artifact.path).read_text(encoding="utf-8"))["uri"])
 
 
-def copy_report(report_uri: str, artifact: ArtifactLike) -> None:
-    """Copy a small HTML report into a KFP Output[HTML] so the UI can show it."""
+def copy_report(output_uri: str, artifact: ArtifactLike, name: str = "report.html") -> None:
+    """Copy a step's small HTML report into a KFP Output[HTML] so the UI can show it."""
     Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(artifact.path).write_text(storage.read_text(report_uri), encoding="utf-8")
+    Path(artifact.path).write_text(storage.read_text(storage.join(output_uri, name)), encoding="utf-8")
 
 
 def summary_uri(storage_root: str, pipeline_run: str, step: str) -> str:

@@ -45,4 +45,4 @@ def curate_op(
     stats.log_metric("train_records", result.train_records)
     stats.log_metric("val_records", result.val_records)
     stats.log_metric("rejected_records", result.rejected)
-    copy_report(result.output + "/report.html", report)
+    copy_report(result.output, report)

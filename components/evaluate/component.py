@@ -45,5 +45,5 @@ def evaluate_op(
     for model_name, scores in (("base", result.base), ("tuned", result.tuned)):
         for metric, value in scores.model_dump().items():
             metrics.log_metric(f"{model_name}_{metric}", value)
-    copy_report(result.output + "/report.html", report)
+    copy_report(result.output, report)
     return "passed" if result.passed else "failed"

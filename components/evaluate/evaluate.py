@@ -67,15 +67,19 @@ class GateThresholds(BaseModel):
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str = Field(description="Base model: Hugging Face checkpoint directory (path or s3://).")
+    base_model: str = Field(
+        min_length=1, description="Base model: Hugging Face checkpoint directory (path or s3://)."
+    )
     adapter: str = Field(
-        description="LoRA adapter directory written by train (path or s3://, HF PEFT format)."
+        min_length=1, description="LoRA adapter directory written by train (path or s3://, HF PEFT format)."
     )
     data: str = Field(
-        description="Curated dataset directory written by curate (path or s3://); val.jsonl is used."
+        min_length=1,
+        description="Curated dataset directory written by curate (path or s3://); val.jsonl is used.",
     )
     output: str = Field(
-        description="Directory (path or s3://) for metrics.json, generations.jsonl, report.html."
+        min_length=1,
+        description="Directory (path or s3://) for metrics.json, generations.jsonl, report.html.",
     )
     max_eval_records: int = Field(
         64, ge=1, description="Generation metrics use the first N val records (file order, deterministic)."
@@ -120,7 +124,9 @@ SCORE_NAMES = ("val_loss", "perplexity", "exact_match", "token_f1", "rouge_l")
 class EvaluateResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    output: str = Field(description="Directory holding metrics.json, generations.jsonl and report.html.")
+    output: str = Field(
+        min_length=1, description="Directory holding metrics.json, generations.jsonl and report.html."
+    )
     base: ModelScores = Field(description="Scores of the base model (adapter disabled).")
     tuned: ModelScores = Field(description="Scores of the base model with the adapter.")
     passed: bool = Field(description="Whether the tuned model met every gate threshold.")

@@ -28,9 +28,13 @@ class ExportError(ValueError):
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str = Field(description="Base model: Hugging Face checkpoint directory (path or s3://).")
-    adapter: str = Field(description="LoRA adapter directory (HF PEFT format) written by train.")
-    output: str = Field(description="Directory (path or s3://) for the merged checkpoint.")
+    base_model: str = Field(
+        min_length=1, description="Base model: Hugging Face checkpoint directory (path or s3://)."
+    )
+    adapter: str = Field(
+        min_length=1, description="LoRA adapter directory (HF PEFT format) written by train."
+    )
+    output: str = Field(min_length=1, description="Directory (path or s3://) for the merged checkpoint.")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Weight dtype of the merged checkpoint (auto: the base model's)."
     )

@@ -45,6 +45,7 @@ def train_op(
     import json
     import math
 
+    from components import storage
     from components.step_io import artifact_uri, point_artifact, run_component_step, run_output_uri
     from components.train.launch import ClusterPlacement, run_train_step
     from components.train.train import LoraSettings, TrainConfig
@@ -90,7 +91,7 @@ def train_op(
         {
             "base_model": base_model_uri,
             "mlflow_run_id": mlflow_run_id or "",
-            "metrics_uri": config.output + "/metrics.json",
+            "metrics_uri": storage.join(config.output, "metrics.json"),
         },
     )
     for name in ("final_loss", "val_loss", "steps", "tokens_per_second"):

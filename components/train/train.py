@@ -68,9 +68,15 @@ class LoraSettings(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str = Field(description="Base model: Hugging Face checkpoint directory (path or s3://).")
-    data: str = Field(description="Curated dataset directory (train.jsonl, val.jsonl) written by curate.")
-    output: str = Field(description="Directory (path or s3://) for the adapter, checkpoints and metrics.")
+    base_model: str = Field(
+        min_length=1, description="Base model: Hugging Face checkpoint directory (path or s3://)."
+    )
+    data: str = Field(
+        min_length=1, description="Curated dataset directory (train.jsonl, val.jsonl) written by curate."
+    )
+    output: str = Field(
+        min_length=1, description="Directory (path or s3://) for the adapter, checkpoints and metrics."
+    )
     backend: Literal["hf", "nemo"] = Field(
         "hf", description="Training backend: hf (transformers + PEFT) or nemo (NeMo AutoModel, GPU only)."
     )
