@@ -28,15 +28,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
 from components import storage
-from components.curate import formats
-from components.curate.formats import REJECT_REASONS, ParsedRecord, Rejection
+from components.curate import formats, pii
+from components.curate.decontaminate import NgramIndex
+from components.curate.filters import QualitySettings, quality_problem
+from components.curate.formats import REASON_STAGES, REJECT_REASONS, STAGES, ParsedRecord, Rejection
 from components.curate.report import histogram, render_report
 from components.records import Record
 
@@ -101,6 +103,57 @@ class CurateConfig(BaseModel):
         default=True,
         description="Reject exact duplicates of normalized (system, prompt, response); the first is kept.",
     )
+    max_symbol_ratio: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Reject responses (of 8+ characters) in which a larger share of characters is neither "
+        "letter, digit nor whitespace (too_many_symbols); 1 turns the check off.",
+    )
+    max_repeated_line_ratio: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Reject responses of 4+ non-blank lines in which a larger share of lines repeats an "
+        "earlier line (repeated_lines); 1 turns the check off.",
+    )
+    max_repeated_ngram_ratio: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Reject responses of 20+ words in which a larger share of word 3-grams repeats an "
+        "earlier one (repeated_ngrams); 1 turns the check off.",
+    )
+    reject_copied_prompt: bool = Field(
+        default=True,
+        description="Reject responses equal to the prompt, or of 20+ characters holding the prompt verbatim "
+        "as over 90% of them (copies_prompt).",
+    )
+    reject_trivial_responses: bool = Field(
+        default=True,
+        description="Reject responses with no letter or digit, e.g. only punctuation (trivial_response).",
+    )
+    pii: Literal["redact", "reject", "off"] = Field(
+        default="redact",
+        description="Personal data and secrets (e-mail, phone, IP, card, SSN, AWS keys, API tokens): "
+        "'redact' replaces them with [TYPE] placeholders, 'reject' rejects the record (pii), 'off' skips.",
+    )
+    decontamination_ngram: int = Field(
+        default=13,
+        ge=0,
+        description="With eval_set: reject training records sharing any run of this many words with an eval "
+        "record's prompt+response (contaminated); 0 turns it off.",
+    )
+
+    def quality_settings(self) -> QualitySettings:
+        """The quality-filter fields for `filters.quality_problem`."""
+        return QualitySettings(
+            max_symbol_ratio=self.max_symbol_ratio,
+            max_repeated_line_ratio=self.max_repeated_line_ratio,
+            max_repeated_ngram_ratio=self.max_repeated_ngram_ratio,
+            reject_copied_prompt=self.reject_copied_prompt,
+            reject_trivial_responses=self.reject_trivial_responses,
+        )
 
     @field_validator("inputs")
     @classmethod
@@ -306,6 +359,8 @@ class _Sink:
         self.prompt_lengths = array("q")
         self.response_lengths = array("q")
         self.examples: dict[str, list[dict[str, Any]]] = {}
+        # PII matches by type: replaced (pii="redact") or found in rejected records (pii="reject").
+        self.pii_found: Counter[str] = Counter()
 
     def keep(self, file_name: str, record: Record, record_format: str, tally: SourceTally) -> None:
         self._files[file_name].write(record.to_json() + "\n")
@@ -403,6 +458,12 @@ def build_stats(config: CurateConfig, tallies: Mapping[str, SourceTally], sink: 
             "inputs": {"total": sum(input_rejects.values()), "by_reason": _by_reason(input_rejects)},
             "eval": {"total": sum(eval_rejects.values()), "by_reason": _by_reason(eval_rejects)},
         },
+        # Rejects per curation stage (each reason belongs to one; see formats.REASON_STAGES).
+        "stages": {
+            stage: sum(count for reason, count in all_rejects.items() if REASON_STAGES[reason] == stage)
+            for stage in STAGES
+        },
+        "pii": {pii_type: sink.pii_found[pii_type] for pii_type in pii.PII_TYPES if sink.pii_found[pii_type]},
         "per_source": {
             uri: {
                 "role": tally.role,
@@ -437,7 +498,8 @@ def check_accounting(stats: Mapping[str, Any]) -> None:
         )
     else:
         totals_ok = stats["input_records"] == kept["train"] + kept["val"] + rejected["total"]
-    if not (per_source_ok and totals_ok):
+    stages_ok = sum(stats["stages"].values()) == rejected["total"]
+    if not (per_source_ok and totals_ok and stages_ok):
         raise RuntimeError(f"curate accounting does not add up ({stats['identity']}): {json.dumps(stats)}")
 
 
@@ -529,8 +591,13 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
     try:
         # eval content digest -> its line, to name the eval record an overlapping one matches.
         eval_lines: dict[bytes, int] | None = None
+        # Word n-grams of the eval records; the hash split's val records are not indexed
+        # because the split is made while streaming (see README, "Decontamination").
+        eval_ngrams: NgramIndex | None = None
         if config.eval_set:
             eval_lines = {}
+            if config.decontamination_ngram:
+                eval_ngrams = NgramIndex(config.decontamination_ngram)
             tally = tallies[config.eval_set] = SourceTally(role="eval")
             log.info("curate: reading eval set %s", config.eval_set)
             for line, item in iter_source(config.eval_set):
@@ -540,13 +607,22 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
                     formats.check_lengths(
                         parsed, config.min_response_chars, config.max_prompt_chars, config.max_response_chars
                     )
+                    # The eval set is not quality-filtered (it is kept as given) but its
+                    # PII is treated like the inputs', so val.jsonl leaks nothing either.
+                    parsed, found = _screen_pii(parsed, config.pii, sink)
                 except Rejection as rejection:
                     sink.reject(config.eval_set, line, rejection, item_text(item), tally)
                     continue
                 eval_lines.setdefault(formats.content_digest(parsed), line)
                 record = _record(parsed, config.eval_set, line)
+                if eval_ngrams is not None:
+                    eval_ngrams.add(parsed, f"{record.id} ({config.eval_set}:{line})")
                 sink.keep(VAL_FILE, record, parsed.format, tally)
+                sink.pii_found.update(found)
+            if eval_ngrams is not None:
+                log.info("curate: eval set indexed: %d distinct %d-grams", len(eval_ngrams), eval_ngrams.n)
 
+        quality = config.quality_settings()
         # identity digest -> (input index, line) of the record kept first.
         kept_at: dict[bytes, tuple[int, int]] = {}
         for index, uri in enumerate(config.inputs):
@@ -559,6 +635,10 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
                     formats.check_lengths(
                         parsed, config.min_response_chars, config.max_prompt_chars, config.max_response_chars
                     )
+                    problem = quality_problem(parsed, quality)
+                    if problem is not None:
+                        raise Rejection(*problem)
+                    parsed, found = _screen_pii(parsed, config.pii, sink)
                     digest = formats.identity_digest(parsed)
                     if eval_lines is not None:
                         eval_line = eval_lines.get(formats.content_digest(parsed))
@@ -566,6 +646,14 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
                             raise Rejection(
                                 "eval_overlap",
                                 f"prompt and response equal eval record {config.eval_set}:{eval_line}",
+                            )
+                    if eval_ngrams is not None:
+                        shared = eval_ngrams.match(parsed)
+                        if shared is not None:
+                            raise Rejection(
+                                "contaminated",
+                                f"shares the {eval_ngrams.n}-word sequence {shared[0]!r} with eval record "
+                                f"{shared[1]}",
                             )
                     if config.dedup:
                         original = kept_at.get(digest)
@@ -582,6 +670,7 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
                 to_val = eval_lines is None and formats.in_validation(parsed, config.val_fraction)
                 split = VAL_FILE if to_val else TRAIN_FILE
                 sink.keep(split, _record(parsed, uri, line), parsed.format, tally)
+                sink.pii_found.update(found)
             log.info(
                 "curate: %s: %d lines, train %d, val %d, rejected %d",
                 uri,
@@ -600,6 +689,23 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
     page = render_report(stats, histogram(sink.response_lengths), sink.report_examples())
     (directory / REPORT_FILE).write_text(page, encoding="utf-8")
     return stats
+
+
+def _screen_pii(parsed: ParsedRecord, mode: str, sink: _Sink) -> tuple[ParsedRecord, Counter[str]]:
+    """Apply the pii setting: the record to keep and its redaction counts, or Rejection("pii").
+
+    Counts of a record that is rejected by the pii check go to the sink at once; those of a
+    redacted record are added by the caller only when it is kept, so stats.json's "pii"
+    counts the placeholders actually written.
+    """
+    if mode == "off":
+        return parsed, Counter()
+    redacted, found = pii.redact_record(parsed)
+    if found and mode == "reject":
+        sink.pii_found.update(found)
+        types = ", ".join(f"{pii_type}={found[pii_type]}" for pii_type in pii.PII_TYPES if found[pii_type])
+        raise Rejection("pii", f"found {types}")
+    return redacted, found
 
 
 def _record(parsed: ParsedRecord, source: str, line: int) -> Record:

@@ -33,9 +33,52 @@ REJECT_REASONS: dict[str, str] = {
     "empty_prompt": "the prompt is empty after normalization",
     "empty_response": "the response is empty (or shorter than min_response_chars) after normalization",
     "too_long": "the prompt or response is longer than max_prompt_chars / max_response_chars",
+    "copies_prompt": "the response repeats the prompt (equal, or the prompt verbatim as over 90% of it)",
+    "trivial_response": "the response has no letter or digit (only punctuation, symbols or emoji)",
+    "too_many_symbols": "a larger share of the response than max_symbol_ratio is not letter, digit or space",
+    "repeated_lines": "more of the response's lines than max_repeated_line_ratio repeat an earlier line",
+    "repeated_ngrams": "more of the response's word 3-grams than max_repeated_ngram_ratio repeat",
+    "pii": "personal data or a secret was found and pii is 'reject'",
     "eval_overlap": "prompt+response equal an eval_set record (kept out of training to keep eval honest)",
+    "contaminated": "prompt+response share a run of decontamination_ngram words with an eval_set record",
     "duplicate": "same normalized (system, prompt, response) as a record kept earlier",
 }
+
+# The curation stage each reason belongs to (stats.json "stages" counts rejects per stage), in
+# the order a line passes through them.
+REASON_STAGES: dict[str, str] = {
+    **{
+        reason: "parse"
+        for reason in (
+            "blank_line",
+            "invalid_utf8",
+            "malformed_json",
+            "not_an_object",
+            "unknown_format",
+            "missing_field",
+            "wrong_type",
+            "bad_chat",
+            "empty_prompt",
+            "empty_response",
+            "too_long",
+        )
+    },
+    **{
+        reason: "quality"
+        for reason in (
+            "copies_prompt",
+            "trivial_response",
+            "too_many_symbols",
+            "repeated_lines",
+            "repeated_ngrams",
+        )
+    },
+    "pii": "pii",
+    "eval_overlap": "decontamination",
+    "contaminated": "decontamination",
+    "duplicate": "dedup",
+}
+STAGES: tuple[str, ...] = ("parse", "quality", "pii", "decontamination", "dedup")
 
 FORMAT_INPUT_OUTPUT = "input_output"
 FORMAT_PROMPT_COMPLETION = "prompt_completion"

@@ -1,8 +1,9 @@
 """The curate step's HTML report: one small self-contained page (no external JS or CSS).
 
 KFP shows it as an Output[HTML] artifact in a sandboxed iframe, so everything is inline:
-a funnel table (input lines -> each reject reason -> kept), an SVG bar chart of reject
-reasons, an SVG histogram of response lengths and a few example rejects.
+a funnel table (input lines -> each reject reason -> kept), rejects per stage and the PII
+found, an SVG bar chart of reject reasons, an SVG histogram of response lengths and a few
+example rejects.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def _funnel(title: str, total: int, by_reason: Mapping[str, int], kept: list[tup
             f'<td class="n">{_percent(count, total)}</td></tr>'
         )
     return "<table><tr><th>stage</th><th>lines</th><th>share</th></tr>" + "".join(rows) + "</table>"
+
+
+def _stages_table(stages: Mapping[str, int]) -> str:
+    cells = "".join(f"<th>{html.escape(stage)}</th>" for stage in stages)
+    counts = "".join(f'<td class="n">{count}</td>' for count in stages.values())
+    return f"<table><tr><th>rejected by stage</th>{cells}</tr><tr><td></td>{counts}</tr></table>"
 
 
 def bar_chart_svg(counts: Mapping[str, int], width: int = 520, row: int = 22) -> str:
@@ -160,6 +167,14 @@ def render_report(
                 [("train", kept["train"]), ("val", kept["val"])],
             )
         )
+
+    if stats.get("stages"):
+        sections.append(_stages_table(stats["stages"]))
+    if stats.get("pii"):
+        # Redact mode: placeholders written; reject mode: matches in the records rejected as pii.
+        action = "rejected records held" if stats["config"].get("pii") == "reject" else "replaced"
+        found = ", ".join(f"{html.escape(name)} {count}" for name, count in stats["pii"].items())
+        sections.append(f"<p>PII {action}: {found}</p>")
 
     sections.append("<h2>Reject reasons</h2>")
     sections.append(bar_chart_svg(rejected["by_reason"]))

@@ -1,0 +1,111 @@
+"""Heuristic quality filters: pure checks of one normalized record's response.
+
+`quality_problem` returns the first problem as (reason, detail) or None. The checks are
+cheap surface statistics aimed at scraped or generated junk (symbol soup, looping
+output, echoed prompts, empty answers); they are not a judgment of correctness. The
+exact rules are in README.md.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from components.curate.formats import ParsedRecord
+
+# Below these sizes a ratio says little: a 3-line answer with one repeat is a third
+# repeats, a short multiple-choice answer like "(B)" is two thirds symbols.
+MIN_LINES_FOR_REPEATS = 4
+MIN_WORDS_FOR_NGRAMS = 20
+MIN_CHARS_FOR_SYMBOLS = 8
+MIN_CHARS_FOR_CONTAINED_PROMPT = 20
+REPEAT_NGRAM = 3
+# A response that holds the prompt verbatim and little else echoes it.
+CONTAINED_PROMPT_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """The quality settings of `CurateConfig`; a ratio of 1.0 (or False) turns its check off."""
+
+    max_symbol_ratio: float = 0.5
+    max_repeated_line_ratio: float = 0.5
+    max_repeated_ngram_ratio: float = 0.5
+    reject_copied_prompt: bool = True
+    reject_trivial_responses: bool = True
+
+
+def symbol_ratio(text: str) -> float:
+    """Share of characters that are neither letters, digits nor whitespace."""
+    if not text:
+        return 0.0
+    symbols = sum(1 for char in text if not (char.isalnum() or char.isspace()))
+    return symbols / len(text)
+
+
+def repeated_line_ratio(lines: list[str]) -> float:
+    """Share of lines that repeat an earlier line (1 - distinct / total)."""
+    return (len(lines) - len(set(lines))) / len(lines) if lines else 0.0
+
+
+def repeated_ngram_ratio(words: list[str], n: int = REPEAT_NGRAM) -> float:
+    """Share of word n-gram occurrences that repeat an earlier one (1 - distinct / total)."""
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def _copies_prompt(prompt: str, response: str) -> str | None:
+    if response == prompt:
+        return "the response is the prompt"
+    if (
+        len(response) >= MIN_CHARS_FOR_CONTAINED_PROMPT
+        and prompt in response
+        and len(prompt) > CONTAINED_PROMPT_SHARE * len(response)
+    ):
+        share = len(prompt) / len(response)
+        return f"the response contains the prompt verbatim ({share:.0%} of its {len(response)} characters)"
+    return None
+
+
+def quality_problem(record: ParsedRecord, settings: QualitySettings) -> tuple[str, str] | None:
+    """The first quality problem of `record`'s response as (reason, detail), or None.
+
+    Order: copies_prompt, trivial_response, too_many_symbols, repeated_lines, repeated_ngrams
+    (the more specific reason first: a prompt echo or "..." is also symbol-heavy or repetitive).
+    """
+    response = record.response
+    if settings.reject_copied_prompt:
+        copied = _copies_prompt(record.prompt, response)
+        if copied:
+            return "copies_prompt", copied
+    if settings.reject_trivial_responses and not any(char.isalnum() for char in response):
+        return "trivial_response", f"the response {response[:40]!r} has no letter or digit"
+    if len(response) >= MIN_CHARS_FOR_SYMBOLS:
+        ratio = symbol_ratio(response)
+        if ratio > settings.max_symbol_ratio:
+            return (
+                "too_many_symbols",
+                f"{ratio:.0%} of the response's characters are symbols, more than "
+                f"max_symbol_ratio={settings.max_symbol_ratio:g}",
+            )
+    lines = [line.strip() for line in response.split("\n") if line.strip()]
+    if len(lines) >= MIN_LINES_FOR_REPEATS:
+        ratio = repeated_line_ratio(lines)
+        if ratio > settings.max_repeated_line_ratio:
+            top, count = Counter(lines).most_common(1)[0]
+            return (
+                "repeated_lines",
+                f"{ratio:.0%} of the response's {len(lines)} lines are repeats, more than "
+                f"max_repeated_line_ratio={settings.max_repeated_line_ratio:g} "
+                f"({top[:40]!r} appears {count} times)",
+            )
+    words = response.lower().split()
+    if len(words) >= MIN_WORDS_FOR_NGRAMS:
+        ratio = repeated_ngram_ratio(words)
+        if ratio > settings.max_repeated_ngram_ratio:
+            return (
+                "repeated_ngrams",
+                f"{ratio:.0%} of the response's word {REPEAT_NGRAM}-grams are repeats, more than "
+                f"max_repeated_ngram_ratio={settings.max_repeated_ngram_ratio:g}",
+            )
+    return None
