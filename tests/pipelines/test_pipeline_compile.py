@@ -182,3 +182,11 @@ def test_profile_overrides_reach_the_yaml(tmp_path):
     assert k8s["nodeSelector"]["labels"]["team"] == "llm"
     container, _ = _executor(spec, platform, "evaluate-op")
     assert container["resources"]["accelerator"]["resourceCount"] == "1"
+
+
+def test_committed_package_matches_the_code(compiled):
+    """dist/llm_finetune.yaml ships in the repository for upload without installing; it must be current."""
+    _, _, fresh = compiled
+    assert (REPO / "dist" / "llm_finetune.yaml").read_bytes() == fresh.read_bytes(), (
+        "dist/llm_finetune.yaml is stale: run `python compile.py` and commit it"
+    )
