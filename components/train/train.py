@@ -627,6 +627,19 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         device,
     )
 
+    def save_checkpoint() -> None:
+        _save_checkpoint(
+            checkpoints,
+            peft_model,
+            optimizer,
+            scheduler,
+            progress,
+            settings,
+            sharding,
+            device,
+            config.keep_checkpoints,
+        )
+
     model.train()
     tokens_before = progress.tokens
     last_saved = progress.step if resumed_from else -1
@@ -678,17 +691,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
                 tracker.log_metrics(metrics, step=progress.step)
                 window_tokens, window_started = 0, now
             if config.save_every_steps and progress.step % config.save_every_steps == 0:
-                _save_checkpoint(
-                    checkpoints,
-                    peft_model,
-                    optimizer,
-                    scheduler,
-                    progress,
-                    settings,
-                    sharding,
-                    device,
-                    config.keep_checkpoints,
-                )
+                save_checkpoint()
                 last_saved = progress.step
             if progress.step >= total_steps:
                 break
@@ -702,17 +705,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     tracker.log_metrics({"val_loss": val_loss}, step=progress.step)
     runtime = time.perf_counter() - started
     if last_saved != progress.step:
-        _save_checkpoint(
-            checkpoints,
-            peft_model,
-            optimizer,
-            scheduler,
-            progress,
-            settings,
-            sharding,
-            device,
-            config.keep_checkpoints,
-        )
+        save_checkpoint()
 
     adapter_uri = storage.join(config.output, "adapter")
     loss_curve = progress.loss_curve
