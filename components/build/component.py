@@ -13,27 +13,50 @@ def build_op(
     quantization: str,
     model_name: str,
     max_new_tokens: int,
+    max_batch_size: int,
+    tensor_parallel_size: int,
+    pipeline_parallel_size: int,
+    max_input_len: int,
+    max_seq_len: int,
+    max_num_tokens: int,
+    fp8_kv_cache: bool,
+    calib_dataset: str,
+    kv_cache_free_gpu_mem_fraction: float,
+    decoupled: bool,
+    triton_image: str,
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     pipeline_run: str,
     repository: Output[Artifact],
 ):
-    """Write the Triton model repository for the chosen serving mode."""
-    from components.build.build import BuildConfig, build, require_quantization_supported
+    """Write the Triton model repository for the chosen serving mode (TensorRT-LLM engine included)."""
+    from components.build.build import BuildConfig, build
     from components.step_io import artifact_uri, point_artifact, run_component_step, run_output_uri
 
-    require_quantization_supported(serving_mode, quantization)
     config = BuildConfig(
         model=artifact_uri(merged_model),
         output=run_output_uri(storage_root, pipeline_run, "build"),
         serving_mode=serving_mode,
+        quantization=quantization,
         model_name=model_name,
         max_new_tokens=max_new_tokens,
+        max_batch_size=max_batch_size,
+        triton_image=triton_image,
+        trtllm={
+            "tensor_parallel_size": tensor_parallel_size,
+            "pipeline_parallel_size": pipeline_parallel_size,
+            "max_input_len": max_input_len,
+            "max_seq_len": max_seq_len,
+            "max_num_tokens": max_num_tokens,
+            "fp8_kv_cache": fp8_kv_cache,
+            "calib_dataset": calib_dataset,
+        },
+        triton={"kv_cache_free_gpu_mem_fraction": kv_cache_free_gpu_mem_fraction, "decoupled": decoupled},
     )
     result, _ = run_component_step(
         "build", build, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
     )
-    point_artifact(
-        repository, result.repository, {"serving_mode": result.serving_mode, "model_name": result.model_name}
-    )
+    # The repository's manifest metadata (serving mode, TRT-LLM version, GPU architecture,
+    # limits, serving image) shows in the KFP UI and travels to rollout with the artifact.
+    point_artifact(repository, result.repository, result.metadata)

@@ -20,7 +20,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.build.pbtxt import Ident, map_entries, to_pbtxt
+from components.build.pbtxt import to_pbtxt
+from components.build.triton_config import (
+    InstanceKind,
+    TensorSpec,
+    instance_group,
+    string_parameters,
+    tensors,
+)
 from components.storage import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -29,28 +36,9 @@ MODEL_FILE = Path(__file__).with_name("triton_hf_model.py")
 MODEL_VERSION = "1"
 CHECKPOINT_DIRNAME = "checkpoint"
 
-TritonDataType = Literal["TYPE_STRING", "TYPE_INT32", "TYPE_FP32"]
-
 # Triton's instance kind for each device setting. KIND_AUTO puts instances on the GPUs
 # when Triton sees any and on the CPU otherwise, which is what "auto" means to users.
-_INSTANCE_KIND = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "cuda": "KIND_GPU"}
-
-
-class TensorSpec(BaseModel):
-    """One input or output of the Triton model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="Tensor name, as clients send it.")
-    data_type: TritonDataType = Field(description="Triton data type (TYPE_STRING is BYTES on the wire).")
-    dims: tuple[int, ...] = Field(description="Shape without the batch dimension.")
-    optional: bool = Field(default=False, description="Requests may leave this input out (inputs only).")
-
-    def fields(self, is_input: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "data_type": Ident(self.data_type), "dims": list(self.dims)}
-        if is_input and self.optional:
-            out["optional"] = True
-        return out
+_INSTANCE_KIND: dict[str, InstanceKind] = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 
 
 # Shapes are [1] per batch row: with max_batch_size > 0 a request carries [batch, 1],
@@ -90,15 +78,13 @@ def model_config_fields(settings: HfModelSettings) -> dict[str, Any]:
         "name": settings.model_name,
         "backend": "python",
         "max_batch_size": settings.max_batch_size,
-        "input": [spec.fields(is_input=True) for spec in HF_INPUTS],
-        "output": [spec.fields(is_input=False) for spec in HF_OUTPUTS],
-        "instance_group": [
-            {"count": settings.instance_count, "kind": Ident(_INSTANCE_KIND[settings.device])}
-        ],
+        "input": tensors(HF_INPUTS, is_input=True),
+        "output": tensors(HF_OUTPUTS, is_input=False),
+        "instance_group": instance_group(settings.instance_count, _INSTANCE_KIND[settings.device]),
         # Batching needs the dynamic batcher; without it every request runs alone.
         "dynamic_batching": {} if settings.max_batch_size > 0 else None,
         # ModelParameter values are strings; model.py parses the numbers back.
-        "parameters": map_entries({key: {"string_value": value} for key, value in parameters.items()}),
+        "parameters": string_parameters(parameters),
     }
 
 

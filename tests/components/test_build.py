@@ -1,4 +1,7 @@
-"""Build step: the Triton model repository of serving mode hf, checked with Triton's own protobuf."""
+"""Build step: the Triton model repository of serving mode hf, checked with Triton's own protobuf.
+
+The TensorRT-LLM modes are tested in test_build_trtllm.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2
 
 from components import storage
-from components.build.build import BuildConfig, BuildError, build, require_quantization_supported
+from components.build.build import BuildConfig, BuildError, build
 from components.build.pbtxt import Ident, map_entries, quote, to_pbtxt
 from components.build.triton_hf import MODEL_FILE, HfModelSettings, render_model_config
 from components.prompt import PROMPT_TEMPLATE
@@ -84,8 +87,11 @@ def test_repository_layout_and_manifest(built, tiny_model):
     assert manifest.producer == "llmft.build"
     assert manifest.metadata["serving_mode"] == "hf"
     assert manifest.metadata["source_digest"] == storage.read_manifest(tiny_model).digest
+    assert result.metadata == manifest.metadata
     assert (result.repository, result.model_name, result.serving_mode) == (str(output), "llm", "hf")
+    assert (result.dry_run, result.plan) == (False, "")
     assert str(output) in result.summary()
+    assert not (output / "engine_metadata.json").exists()  # only the TensorRT-LLM modes have one
 
 
 @pytest.mark.parametrize(
@@ -132,25 +138,14 @@ def test_pbtxt_writer_round_trips_through_protobuf():
     assert quote('a"b\\c\n') == '"a\\"b\\\\c\\n"'
 
 
-@pytest.mark.parametrize("mode", ["trtllm-engine", "trtllm-llmapi"])
-def test_trtllm_modes_refused_before_touching_anything(mode, tmp_path):
-    output = tmp_path / "repository"
-    # The model does not exist either: the mode is refused before any input is read.
-    config = BuildConfig(model=str(tmp_path / "no-model"), output=str(output), serving_mode=mode)
-    with pytest.raises(BuildError, match="trtllm image"):
-        build(config)
-    assert not output.exists()
-    assert list(tmp_path.iterdir()) == []
-    assert issubclass(BuildError, ValueError)
-
-
-def test_quantization_check():
-    require_quantization_supported("hf", "none")
-    require_quantization_supported("trtllm-engine", "fp8")  # build itself refuses the mode
-    with pytest.raises(BuildError, match="TensorRT-LLM"):
-        require_quantization_supported("hf", "fp8")
-    with pytest.raises(BuildError, match="unknown quantization"):
-        require_quantization_supported("hf", "int3")
+def test_fp8_needs_the_engine_mode():
+    BuildConfig(model="m", output="o", serving_mode="trtllm-engine", quantization="fp8")
+    with pytest.raises(ValidationError, match="quantization='fp8' needs serving_mode='trtllm-engine'"):
+        BuildConfig(model="m", output="o", quantization="fp8")
+    with pytest.raises(ValidationError, match="PyTorch backend quantizes nothing"):
+        BuildConfig(model="m", output="o", serving_mode="trtllm-llmapi", quantization="fp8")
+    with pytest.raises(ValidationError, match="quantization"):
+        BuildConfig(model="m", output="o", quantization="int3")
 
 
 def test_incomplete_model_is_refused(tiny_model, tmp_path):
@@ -184,10 +179,15 @@ def test_config_validation(tiny_model):
     with pytest.raises(ValidationError, match="prompt_template"):
         BuildConfig(model=tiny_model, output="x", prompt_template="{prompt} {other}")
     with pytest.raises(ValidationError):
-        BuildConfig(model=tiny_model, output="x", quantization="fp8")  # extra fields are forbidden
+        BuildConfig(model=tiny_model, output="x", max_output_len=64)  # extra fields are forbidden
     with pytest.raises(ValidationError):
         BuildConfig(model=tiny_model, output="x", model_name="../escape")
     assert all(field.description for field in BuildConfig.model_fields.values())
+    for group in (
+        BuildConfig.model_fields["trtllm"].annotation,
+        BuildConfig.model_fields["triton"].annotation,
+    ):
+        assert all(field.description for field in group.model_fields.values())
 
 
 def test_model_file_is_shipped_with_the_package():

@@ -1,0 +1,64 @@
+"""Pieces of Triton's ModelConfig shared by every model repository build writes.
+
+Each serving mode describes its models with these typed pieces and renders them with
+`pbtxt.to_pbtxt`; tests parse the result back with Triton's own `ModelConfig` protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.build.pbtxt import Ident, map_entries
+
+TritonDataType = Literal["TYPE_STRING", "TYPE_INT32", "TYPE_UINT64", "TYPE_FP32", "TYPE_BOOL"]
+InstanceKind = Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU"]
+
+
+class TensorSpec(BaseModel):
+    """One input or output of a Triton model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Tensor name, as clients (or the ensemble) send it.")
+    data_type: TritonDataType = Field(description="Triton data type (TYPE_STRING is BYTES on the wire).")
+    dims: tuple[int, ...] = Field(description="Shape without the batch dimension.")
+    optional: bool = Field(default=False, description="Requests may leave this input out (inputs only).")
+    scalar: bool = Field(
+        default=False,
+        description="Reshape [1] to a scalar per request (reshape { shape: [ ] }), as the tensorrtllm "
+        "backend expects for per-request values.",
+    )
+    ragged: bool = Field(
+        default=False, description="Requests of different lengths batch together (allow_ragged_batch)."
+    )
+
+    def fields(self, is_input: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "data_type": Ident(self.data_type), "dims": list(self.dims)}
+        if is_input and self.optional:
+            out["optional"] = True
+        if self.scalar:
+            out["reshape"] = {}  # an empty shape: the [1] value becomes a scalar
+        if is_input and self.ragged:
+            out["allow_ragged_batch"] = True
+        return out
+
+
+def tensors(specs: tuple[TensorSpec, ...], is_input: bool) -> list[dict[str, Any]]:
+    return [spec.fields(is_input) for spec in specs]
+
+
+def instance_group(count: int, kind: InstanceKind) -> list[dict[str, Any]]:
+    return [{"count": count, "kind": Ident(kind)}]
+
+
+def string_parameters(values: Mapping[str, str]) -> list[dict[str, Any]]:
+    """ModelConfig.parameters: every value is a string (backends parse numbers and booleans)."""
+    return map_entries({key: {"string_value": value} for key, value in values.items()})
+
+
+def flag(value: bool) -> str:
+    """A boolean as the tensorrtllm backend and our python models read it."""
+    return "true" if value else "false"
