@@ -18,6 +18,7 @@ from components.finalize.component import finalize_op
 from components.images import Images, load_images
 from components.resources import PipelineProfiles, load_profiles
 from components.rollout.component import rollout_op
+from components.rollout.rollout import DEFAULT_SMOKE_PROMPT
 from components.train.component import train_op
 from components.train.train import LLAMA_LORA_TARGETS
 from pipelines.cluster import apply_profile
@@ -84,12 +85,26 @@ def build_pipeline(
         max_new_tokens: int = 64,
         gate_min_exact_match_gain: float = 0.0,
         gate_max_val_loss: float = 0.0,
+        gate_max_regression: float = 0.0,
         registered_model_name: str = "llmft-model",
         serving_mode: str = "hf",
         quantization: str = "none",
+        serving_max_batch_size: int = 8,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        max_input_len: int = 1024,
+        max_seq_len: int = 2048,
+        max_num_tokens: int = 8192,
+        fp8_kv_cache: bool = False,
+        calib_dataset: str = "cnn_dailymail",
+        kv_cache_free_gpu_mem_fraction: float = 0.9,
+        streaming: bool = False,
+        triton_image: str = "",
         served_model_name: str = "llm",
         rollout_target: str = "kubernetes",
         triton_replicas: int = 1,
+        smoke_prompt: str = DEFAULT_SMOKE_PROMPT,
+        smoke_expect: str = "",
         namespace: str = "llmft",
         mlflow_tracking_uri: str = "",
         mlflow_experiment: str = "llmft",
@@ -134,14 +149,40 @@ def build_pipeline(
             max_new_tokens: Longest generation in evaluation and the default for served requests.
             gate_min_exact_match_gain: Deploy only if tuned exact match exceeds base by at least this much.
             gate_max_val_loss: Deploy only if the tuned validation loss is at most this (0 = no limit).
+            gate_max_regression: Deploy only if the tuned exact match is at most this much below that of the
+                model version holding the production alias of registered_model_name (0 = no worse). With no
+                production model yet, this check does not block.
             registered_model_name: MLflow registered model name for the merged checkpoint.
-            serving_mode: hf (Triton python backend with transformers). trtllm-engine and trtllm-llmapi
-                are not available in this release.
-            quantization: none. fp8 needs a TensorRT-LLM serving mode (not available in this release).
+            serving_mode: hf (Triton python backend with transformers), trtllm-engine (TensorRT-LLM engine
+                built on the build step's GPUs, served by the tensorrtllm backend's in-flight batching
+                ensemble) or trtllm-llmapi (TRT-LLM PyTorch backend serving the checkpoint, no engine).
+            quantization: none, or fp8 (FP8 weights calibrated at engine build; trtllm-engine only).
+            serving_max_batch_size: Largest batch the served model forms (Triton, and the TensorRT-LLM
+                engine / LLM API runtime).
+            tensor_parallel_size: TensorRT-LLM tensor parallelism: GPUs per model replica. The build step's
+                cluster profile must give it tensor_parallel_size x pipeline_parallel_size GPUs.
+            pipeline_parallel_size: TensorRT-LLM pipeline parallelism (stages the layers are split into).
+            max_input_len: TensorRT-LLM: longest prompt in tokens, prompt template included.
+            max_seq_len: TensorRT-LLM: longest prompt + generated tokens of one request.
+            max_num_tokens: TensorRT-LLM: most tokens processed in one in-flight batching step.
+            fp8_kv_cache: trtllm-engine: store the KV cache in FP8 (calibrated with the FP8 weights).
+            calib_dataset: FP8 calibration data: a Hugging Face dataset name (the build pod needs internet
+                access) or a dataset path inside the trtllm image.
+            kv_cache_free_gpu_mem_fraction: TensorRT-LLM: share of free GPU memory (after the weights) for
+                the KV cache.
+            streaming: TensorRT-LLM modes: decoupled Triton models, so requests with stream=true get the
+                text as it is generated (gRPC streaming or /generate_stream).
+            triton_image: TensorRT-LLM modes: the tritonserver <YY.MM>-trtllm-python-py3 image that serves the
+                repository; empty: the newest one carrying the TRT-LLM that built the engine.
             served_model_name: Model name in the Triton repository and in request URLs.
             rollout_target: local (a Triton server inside the rollout task, smoke-tested, then stopped) or
-                kubernetes (not available in this release).
+                kubernetes (a Triton Deployment and Service in `namespace`, smoke-tested through the Service,
+                then promoted to the production alias; the previous revision is restored on any failure).
+                The task's service account needs deploy/rbac/rollout-rbac.yaml's Role in that namespace.
             triton_replicas: Triton server replicas (kubernetes target).
+            smoke_prompt: Instruction the rollout's smoke test sends to the served model.
+            smoke_expect: Regular expression the smoke test's answer must match (case-insensitive); empty:
+                any non-empty answer.
             namespace: Kubernetes namespace for the training PyTorchJob and the Triton deployment.
             mlflow_tracking_uri: MLflow tracking server, e.g. http://mlflow.mlflow.svc:5000. Empty: the
                 MLFLOW_TRACKING_URI of the pod, else tracking is off. "disabled" turns it off.
@@ -151,6 +192,12 @@ def build_pipeline(
         # The image and cluster profile of a multi-node job's pods: compile-time settings.
         train_placement = json.dumps(
             {"image": images.for_step("train"), "profile": profiles.train.model_dump(mode="json")},
+            sort_keys=True,
+        )
+        # The Triton pods (kubernetes rollout target): the build's GPU pool, cut to the engine's GPUs at
+        # run time; and the image for hf repositories (the trtllm image: tritonserver + transformers).
+        server_placement = json.dumps(
+            {"profile": profiles.build.model_dump(mode="json"), "default_image": images.for_family("trtllm")},
             sort_keys=True,
         )
         tracking = {
@@ -220,6 +267,8 @@ def build_pipeline(
                     max_new_tokens=max_new_tokens,
                     gate_min_exact_match_gain=gate_min_exact_match_gain,
                     gate_max_val_loss=gate_max_val_loss,
+                    gate_max_regression=gate_max_regression,
+                    registered_model_name=registered_model_name,
                     **tracking,
                 ),
                 "evaluate",
@@ -248,6 +297,17 @@ def build_pipeline(
                         quantization=quantization,
                         model_name=served_model_name,
                         max_new_tokens=max_new_tokens,
+                        max_batch_size=serving_max_batch_size,
+                        tensor_parallel_size=tensor_parallel_size,
+                        pipeline_parallel_size=pipeline_parallel_size,
+                        max_input_len=max_input_len,
+                        max_seq_len=max_seq_len,
+                        max_num_tokens=max_num_tokens,
+                        fp8_kv_cache=fp8_kv_cache,
+                        calib_dataset=calib_dataset,
+                        kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
+                        decoupled=streaming,
+                        triton_image=triton_image,
                         **tracking,
                     ),
                     "build",
@@ -258,9 +318,14 @@ def build_pipeline(
                 configure(
                     rollout_op(
                         repository=build.outputs["repository"],
+                        merged_model=export.outputs["merged_model"],
                         target=rollout_target,
                         triton_replicas=triton_replicas,
                         namespace=namespace,
+                        registered_model_name=registered_model_name,
+                        smoke_prompt=smoke_prompt,
+                        smoke_expect=smoke_expect,
+                        server_placement_json=server_placement,
                         **tracking,
                     ),
                     "rollout",

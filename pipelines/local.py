@@ -40,6 +40,8 @@ LOCAL_PARAMETERS: dict[str, Any] = {
     "max_new_tokens": 8,
     "gate_min_exact_match_gain": 0.2,
     "rollout_target": "local",
+    # The sample's sentiment task: the served model must answer the smoke prompt correctly.
+    "smoke_expect": "positive",
 }
 
 

@@ -1,5 +1,6 @@
-"""Manifests under deploy/: valid YAML of the expected kinds, and a Kyverno policy that matches the labels
-and resource names pipelines/cluster.py writes on KFP task pods."""
+"""Manifests under deploy/: valid YAML of the expected kinds, a Kyverno policy that matches the labels
+and resource names pipelines/cluster.py writes on KFP task pods, and the rollout's RBAC (its Role is
+checked against the calls the rollout really makes in tests/components/test_rollout_kubernetes.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
 
 
-@pytest.mark.parametrize("path", sorted(DEPLOY.glob("*.yaml")), ids=lambda path: path.name)
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")), ids=lambda path: path.name)
 def test_manifests_parse_and_validate(path: Path) -> None:
     docs = documents(path)
     assert docs, f"{path.name} is empty"
@@ -99,3 +100,21 @@ def test_readme_profiles_example_loads(tmp_path: Path) -> None:
     }
     assert profiles.export.gpus == 0 and profiles.export.node_selector == {}
     assert run_service_account(profiles) == "llmft-runner"
+
+
+def test_rollout_rbac_grants_only_namespaced_rights_of_the_rollout() -> None:
+    from components.rollout.cluster_api import API_CALLS
+
+    docs = documents(DEPLOY / "rbac" / "rollout-rbac.yaml")
+    assert [doc["kind"] for doc in docs] == ["ServiceAccount", "Role", "RoleBinding"]
+    (role,) = [doc for doc in docs if doc["kind"] == "Role"]
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == set(API_CALLS)
+    assert not any("*" in item for grant in granted for item in grant)  # no wildcards
+    assert not {resource for _, resource, _ in granted} & {"secrets", "pods/exec", "pods/portforward"}

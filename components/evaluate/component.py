@@ -15,6 +15,8 @@ def evaluate_op(
     max_new_tokens: int,
     gate_min_exact_match_gain: float,
     gate_max_val_loss: float,
+    gate_max_regression: float,
+    registered_model_name: str,
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
@@ -22,7 +24,7 @@ def evaluate_op(
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> str:
-    """Score base and tuned models; returns the gate decision, "passed" or "failed"."""
+    """Score base, tuned and production models; returns the gate decision, "passed" or "failed"."""
     from components.evaluate.evaluate import EvaluateConfig, GateThresholds, evaluate
     from components.step_io import artifact_uri, copy_report, run_component_step, run_output_uri
 
@@ -36,14 +38,17 @@ def evaluate_op(
         gate=GateThresholds(
             min_exact_match_gain=gate_min_exact_match_gain,
             max_val_loss=gate_max_val_loss if gate_max_val_loss > 0 else None,
+            max_regression=gate_max_regression,
         ),
         train_metrics=adapter.metadata.get("metrics_uri"),
+        registered_model_name=registered_model_name or None,
     )
     result, _ = run_component_step(
         "evaluate", evaluate, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
     )
-    for model_name, scores in (("base", result.base), ("tuned", result.tuned)):
-        for metric, value in scores.model_dump().items():
+    compared = [("base", result.base), ("tuned", result.tuned), ("production", result.production)]
+    for model_name, scores in compared:
+        for metric, value in (scores.model_dump() if scores else {}).items():
             metrics.log_metric(f"{model_name}_{metric}", value)
     copy_report(result.output, report)
     return "passed" if result.passed else "failed"

@@ -11,8 +11,11 @@ For each of base and tuned:
 - generation metrics: greedy generation for the first `max_eval_records` val records,
   scored against the reference with exact match, token F1 and ROUGE-L (metrics.py).
 
-The gate compares the two (see `decide_gate`). Outputs under `config.output`, published
-with a manifest written last:
+The gate compares the two (see `decide_gate`), and, when a model version holds the
+registry's `production` alias, scores that model on the same records and refuses a tuned
+model worse than it by more than `gate.max_regression` (production.py,
+`decide_production_gate`). With no production model the gate does not block; the
+report says why. Outputs under `config.output`, published with a manifest written last:
     metrics.json       base and tuned scores, gate decision with reasons and thresholds
     generations.jsonl  one line per scored record: id, prompt, reference, base, tuned
     report.html        self-contained report (shown in the KFP UI as an HTML artifact)
@@ -33,8 +36,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components import storage
 from components.evaluate import metrics
+from components.evaluate.production import (
+    PRODUCTION_ALIAS,
+    ProductionLookup,
+    ProductionModel,
+    find_production,
+)
 from components.evaluate.report import render_report
 from components.records import Record, read_records
+from components.tracking import NULL_TRACKER, Tracker
 from components.train.data import EncodedExample, encode_record, prompt_ids
 from components.train.loss import validation_loss
 
@@ -61,6 +71,15 @@ class GateThresholds(BaseModel):
     )
     min_tuned_exact_match: float = Field(
         0.0, ge=0.0, le=1.0, description="The tuned model's exact match must be at least this."
+    )
+    max_regression: float = Field(
+        0.0,
+        ge=0.0,
+        description="The tuned model's regression_metric may be at most this much below the production "
+        "model's (the version holding the registry's production alias); 0: no worse at all.",
+    )
+    regression_metric: Literal["exact_match", "token_f1", "rouge_l"] = Field(
+        "exact_match", description="Metric compared with the production model."
     )
 
 
@@ -105,6 +124,14 @@ class EvaluateConfig(BaseModel):
         0, description="Random seed (greedy decoding is deterministic; this pins anything else)."
     )
     report_samples: int = Field(10, ge=0, description="How many generations the HTML report shows.")
+    registered_model_name: str | None = Field(
+        None,
+        description="MLflow registered model whose production version the tuned model must not regress "
+        "against (looked up in the tracking server's registry); unset: no comparison.",
+    )
+    production_alias: str = Field(
+        PRODUCTION_ALIAS, min_length=1, description="Registry alias naming the model that serves now."
+    )
 
 
 class ModelScores(BaseModel):
@@ -131,13 +158,23 @@ class EvaluateResult(BaseModel):
     tuned: ModelScores = Field(description="Scores of the base model with the adapter.")
     passed: bool = Field(description="Whether the tuned model met every gate threshold.")
     reasons: list[str] = Field(description="One line per threshold: the measured value against it.")
+    production: ModelScores | None = Field(
+        None, description="Scores of the model holding the production alias; None when there is none."
+    )
+    production_version: str | None = Field(None, description="Registry version of that model.")
+    production_note: str = Field("", description="Whether and against what the tuned model was compared.")
 
     def summary(self) -> str:
         width = max(len(name) for name in SCORE_NAMES)
-        lines = [f"{'metric':<{width}}  {'base':>10}  {'tuned':>10}  {'delta':>10}"]
+        production = self.production
+        head = f"{'metric':<{width}}  {'base':>10}  {'tuned':>10}  {'delta':>10}"
+        lines = [head + (f"  {'production':>10}" if production else "")]
         for name in SCORE_NAMES:
             base, tuned = getattr(self.base, name), getattr(self.tuned, name)
-            lines.append(f"{name:<{width}}  {base:>10.4f}  {tuned:>10.4f}  {tuned - base:>+10.4f}")
+            line = f"{name:<{width}}  {base:>10.4f}  {tuned:>10.4f}  {tuned - base:>+10.4f}"
+            lines.append(line + (f"  {getattr(production, name):>10.4f}" if production else ""))
+        if self.production_note:
+            lines.append(f"production: {self.production_note}")
         lines.append(f"gate: {'PASSED' if self.passed else 'FAILED'} ({'; '.join(self.reasons)})")
         return "\n".join(lines)
 
@@ -169,6 +206,20 @@ def decide_gate(base: ModelScores, tuned: ModelScores, thresholds: GateThreshold
     if thresholds.max_val_loss is not None:
         checks.append(_check("tuned val_loss", tuned.val_loss, "<=", thresholds.max_val_loss, 4))
     return all(ok for ok, _ in checks), [reason for _, reason in checks]
+
+
+def decide_production_gate(
+    tuned: ModelScores, production: ModelScores, thresholds: GateThresholds
+) -> tuple[bool, str]:
+    """No regression against the serving model: tuned >= production - max_regression on the metric."""
+    name = thresholds.regression_metric
+    return _check(
+        f"tuned {name} vs production",
+        getattr(tuned, name) - getattr(production, name),
+        ">=",
+        -thresholds.max_regression,
+        3,
+    )
 
 
 def scores_from(val_loss: float, predictions: list[str], references: list[str]) -> ModelScores:
@@ -424,9 +475,64 @@ def score(
 # --- the step ------------------------------------------------------------------------------
 
 
-def evaluate(config: EvaluateConfig) -> EvaluateResult:
+def _load_tokenizer(directory: Path) -> tuple[Any, int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise EvaluateError(f"the tokenizer in {directory} has neither a pad nor an eos token")
+    return tokenizer, pad_id
+
+
+def score_production(
+    production: ProductionModel,
+    checkpoint: Path,
+    val_records: list[Record],
+    generation_records: list[Record],
+    config: EvaluateConfig,
+    device: str,
+) -> tuple[ModelScores, list[str]]:
+    """Scores of the serving model (a merged checkpoint), on the records base and tuned were scored on.
+
+    Its own tokenizer encodes the records: it is the one it serves with.
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, pad_id = _load_tokenizer(checkpoint)
+    log.info("loading production model %s v%s from %s", production.name, production.version, checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=_dtype(device), device_map=device)
+    model.eval()
+    examples = [encode_record(tokenizer, record, config.max_length) for record in val_records]
+    scores, responses, _ = score(
+        model, tokenizer, examples, generation_records, config, pad_id, device, "production"
+    )
+    return scores, responses
+
+
+def _localize_production(lookup: ProductionLookup) -> Path | None:
+    if lookup.model is None:
+        return None
+    try:
+        return storage.localize_dir(lookup.model.source)
+    except Exception as error:  # asked to compare and cannot: that is an error, not a pass
+        raise EvaluateError(
+            f"cannot read the production model {lookup.model.name} version {lookup.model.version} at "
+            f"{lookup.model.source}: {error}"
+        ) from error
+
+
+def evaluate(config: EvaluateConfig, tracker: Tracker = NULL_TRACKER) -> EvaluateResult:
+    """Score base and tuned (and the production model, if any) and decide the gate.
+
+    `tracker` is the step's MLflow run (run_step passes it); its tracking server's registry
+    is where the production model is looked up.
+    """
+    import gc
+
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
     random.seed(config.seed)
@@ -439,14 +545,12 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     base_dir = storage.localize_dir(config.base_model)
     adapter_dir = storage.localize_dir(config.adapter)
     check_adapter_identity(adapter_dir, config.adapter, config.base_model, base_dir)
+    lookup = find_production(tracker.tracking_uri, config.registered_model_name, config.production_alias)
+    production_dir = _localize_production(lookup)
 
     # train saves the tokenizer it trained with (pad token included) beside the adapter.
     tokenizer_dir = adapter_dir if any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES) else base_dir
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.padding_side = "left"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise EvaluateError(f"the tokenizer in {tokenizer_dir} has neither a pad nor an eos token")
+    tokenizer, pad_id = _load_tokenizer(tokenizer_dir)
 
     dtype = _dtype(device)
     log.info("loading base model %s (%s on %s)", config.base_model, dtype, device)
@@ -469,11 +573,36 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     )
 
     passed, reasons = decide_gate(base, tuned, config.gate)
-    result = EvaluateResult(output=config.output, base=base, tuned=tuned, passed=passed, reasons=reasons)
+    production: ModelScores | None = None
+    production_out: list[str] = []
+    if lookup.model is not None and production_dir is not None:
+        del model  # one model in memory at a time: the production model may be as large
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        production, production_out = score_production(
+            lookup.model, production_dir, val_records, generation_records, config, device
+        )
+        ok, reason = decide_production_gate(tuned, production, config.gate)
+        passed, reasons = passed and ok, [*reasons, reason]
+    else:
+        log.info("%s", lookup.note)
+    result = EvaluateResult(
+        output=config.output,
+        base=base,
+        tuned=tuned,
+        passed=passed,
+        reasons=reasons,
+        production=production,
+        production_version=lookup.model.version if lookup.model else None,
+        production_note=lookup.note,
+    )
     generations = [
         {"id": record.id, "prompt": record.prompt, "reference": record.response, "base": b, "tuned": t}
         for record, b, t in zip(generation_records, base_out, tuned_out, strict=True)
     ]
+    for line, answer in zip(generations, production_out, strict=False):
+        line["production"] = answer
     inputs = {"base_model": config.base_model, "adapter": config.adapter, "data": config.data}
     data_summary = {
         "val_records": len(val_records),
@@ -483,6 +612,15 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     metrics_doc = {
         "base": base.model_dump(),
         "tuned": tuned.model_dump(),
+        "production": {
+            "compared": production is not None,
+            "note": lookup.note,
+            "registered_model_name": config.registered_model_name,
+            "alias": config.production_alias,
+            "version": result.production_version,
+            "source": lookup.model.source if lookup.model else None,
+            "scores": production.model_dump() if production else None,
+        },
         "gate": {"passed": passed, "reasons": reasons, "thresholds": config.gate.model_dump()},
         "data": data_summary,
         "inputs": inputs,

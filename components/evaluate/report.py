@@ -45,25 +45,38 @@ def _number(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
 
 
+def _delta_cell(delta: float, lower_is_better: bool) -> str:
+    improved = delta < 0 if lower_is_better else delta > 0
+    css = "better" if improved else ("worse" if delta != 0 else "")
+    return f"<td class='num {css}'>{delta:+.4f}</td>"
+
+
 def metrics_table(result: EvaluateResult) -> str:
+    """Base vs tuned, and the production model's scores and tuned's difference to them when compared."""
+    production = result.production
     rows = []
     for name, label, lower_is_better in _SCORES:
         base, tuned = getattr(result.base, name), getattr(result.tuned, name)
-        delta = tuned - base
-        improved = delta < 0 if lower_is_better else delta > 0
-        css = "better" if improved else ("worse" if delta != 0 else "")
-        rows.append(
+        row = (
             f"<tr><td>{escape(label)}</td><td class='num'>{_number(base)}</td>"
-            f"<td class='num'>{_number(tuned)}</td><td class='num {css}'>{delta:+.4f}</td></tr>"
+            f"<td class='num'>{_number(tuned)}</td>{_delta_cell(tuned - base, lower_is_better)}"
         )
-    head = "<tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+        if production is not None:
+            served = getattr(production, name)
+            row += f"<td class='num'>{_number(served)}</td>{_delta_cell(tuned - served, lower_is_better)}"
+        rows.append(row + "</tr>")
+    head = "<tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th>"
+    if production is not None:
+        head += "<th>production</th><th>tuned - production</th>"
+    return f"<table>{head}</tr>{''.join(rows)}</table>"
 
 
 def generations_table(generations: list[dict[str, Any]]) -> str:
     if not generations:
         return "<p class='note'>No generations to show.</p>"
-    columns = ("prompt", "reference", "base", "tuned")
+    columns: tuple[str, ...] = ("prompt", "reference", "base", "tuned")
+    if any("production" in item for item in generations):
+        columns += ("production",)
     head = "".join(f"<th>{name}</th>" for name in columns)
     rows = "".join(
         "<tr>"
@@ -193,6 +206,7 @@ def render_report(
 <table><tr><th>threshold</th><th>value</th></tr>{threshold_rows}</table>
 <h2>Base vs tuned</h2>
 {metrics_table(result)}
+<p class="note">Production model: {escape(result.production_note)}</p>
 <p class="note">Validation loss and perplexity over the response tokens of
 {data.get("val_records", "?")} val records ({data.get("val_tokens", "?")} tokens); exact match, token F1
 and ROUGE-L over greedy generations for the first {data.get("generation_records", "?")} records

@@ -1,9 +1,25 @@
 """Smoke test of a served generate-able model, over HTTP and gRPC, with tritonclient.
 
-Checks, in order: server live and ready, model ready, a call to the generate extension
-(`POST /v2/models/<name>/generate`; tritonclient has no helper for it, so a plain HTTP
-POST), a KServe v2 infer over HTTP and one over gRPC. Every call must return non-empty
-text: a model that answers nothing is not healthy.
+Checks, in order: server live and ready, model ready (polled for up to `ready_timeout_s`:
+behind a freshly updated Service the endpoints may lag a moment), then the model's config
+decides the calls:
+- a model that is not decoupled (the hf python backend, the TRT-LLM ensemble without
+  streaming): the generate extension (`POST /v2/models/<name>/generate`; tritonclient has no
+  helper for it, so a plain HTTP POST), a KServe v2 infer over HTTP, one over gRPC, and one
+  over a gRPC stream;
+- a decoupled model (one response per piece of text): Triton serves it only through
+  streaming calls, so `POST /v2/models/<name>/generate_stream` (server-sent events) and a
+  gRPC stream.
+Every call must return non-empty text: a model that answers nothing is not healthy. When
+`expect` is given, the generate answer must match that regular expression (searched,
+case-insensitive): that is how a rollout checks the model says the right thing, not just
+something.
+
+Streaming: a decoupled model answers with one response per piece and a last, empty one
+flagged `triton_final_response`; a model that is not decoupled answers with one complete
+response, also flagged final. The client asks for that flag (`enable_empty_final_response`)
+and reads until it comes, so both kinds are handled the same way. A model with a BOOL
+`stream` input (the TRT-LLM ensemble) gets `stream=True`.
 
 The tensors are the ones every llmft serving mode exposes: `text_input` (BYTES [1, 1]),
 `max_tokens` (INT32 [1, 1]) -> `text_output` (BYTES [1, 1]).
@@ -13,9 +29,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import re
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -30,8 +49,14 @@ class SmokeTestError(RuntimeError):
 class SmokeResult(BaseModel):
     prompt: str = Field(description="Instruction sent (raw: the server applies the prompt template).")
     generate_output: str = Field(description="text_output of the generate endpoint.")
-    http_infer_output: str = Field(description="text_output of an HTTP infer call.")
-    grpc_infer_output: str = Field(description="text_output of a gRPC infer call.")
+    http_infer_output: str | None = Field(
+        description="text_output of an HTTP infer call (None: decoupled model, which Triton serves only "
+        "through streams)."
+    )
+    grpc_infer_output: str | None = Field(description="text_output of a gRPC infer call (None: decoupled).")
+    decoupled: bool = Field(description="The model is decoupled (answers in pieces).")
+    stream_output: str = Field(description="text_output pieces of a gRPC stream request, joined.")
+    stream_responses: int = Field(description="Responses with text the stream sent (1 unless decoupled).")
     seconds: float = Field(description="Wall time of the whole smoke test.")
 
 
@@ -45,6 +70,72 @@ def _text(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise SmokeTestError(f"{what} returned no text: {value!r}")
     return value
+
+
+class ModelTraits(BaseModel):
+    """What in a model's config changes how it is called."""
+
+    decoupled: bool = Field(description="model_transaction_policy.decoupled: answers in several responses.")
+    stream_input: bool = Field(description="Has a `stream` input (the TRT-LLM ensemble): sent as true.")
+
+
+def model_traits(http_url: str, model_name: str, timeout_s: float = 30) -> ModelTraits:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(
+        url=_host_port(http_url), connection_timeout=timeout_s, network_timeout=timeout_s
+    )
+    try:
+        config = client.get_model_config(model_name)
+    finally:
+        client.close()
+    return ModelTraits(
+        decoupled=bool((config.get("model_transaction_policy") or {}).get("decoupled", False)),
+        stream_input=any(spec.get("name") == "stream" for spec in config.get("input", [])),
+    )
+
+
+def _generate_body(prompt: str, max_tokens: int, stream_input: bool) -> bytes:
+    body: dict[str, Any] = {"text_input": prompt, "max_tokens": max_tokens}
+    if stream_input:
+        body["stream"] = True
+    return json.dumps(body).encode("utf-8")
+
+
+def generate_stream_http(
+    http_url: str,
+    model_name: str,
+    prompt: str,
+    max_tokens: int,
+    timeout_s: float = 60,
+    stream_input: bool = False,
+) -> str:
+    """Call `generate_stream` (server-sent events, one per piece); return the pieces joined."""
+    request = urllib.request.Request(
+        f"http://{_host_port(http_url)}/v2/models/{model_name}/generate_stream",
+        data=_generate_body(prompt, max_tokens, stream_input),
+        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        method="POST",
+    )
+    pieces: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            for raw in response:  # ends when the server closes the stream after the last event
+                if time.monotonic() > deadline:  # the socket timeout bounds each read, this the whole
+                    raise SmokeTestError(f"generate_stream did not finish within {timeout_s:.0f} s")
+                line = raw.decode("utf-8", errors="replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line.removeprefix("data:"))
+                if "error" in event:
+                    raise SmokeTestError(f"generate_stream failed: {event['error']}")
+                pieces.append(str(event.get("text_output", "")))
+    except urllib.error.HTTPError as exc:
+        raise SmokeTestError(
+            f"generate_stream failed with HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+        ) from exc
+    return _text("".join(pieces), "generate_stream")
 
 
 def generate_http(http_url: str, model_name: str, prompt: str, max_tokens: int, timeout_s: float = 60) -> str:
@@ -111,6 +202,64 @@ def infer_grpc(grpc_url: str, model_name: str, prompt: str, max_tokens: int, tim
         client.close()
 
 
+def stream_grpc(
+    grpc_url: str,
+    model_name: str,
+    prompt: str,
+    max_tokens: int,
+    timeout_s: float = 60,
+    stream_input: bool = False,
+) -> tuple[str, int]:
+    """Send one request over a gRPC stream; return the joined text and how many responses carried text."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url=_host_port(grpc_url))
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    try:
+        inputs = _infer_inputs(grpcclient, prompt, max_tokens)
+        if stream_input:
+            stream = grpcclient.InferInput("stream", [1, 1], "BOOL")
+            stream.set_data_from_numpy(np.array([[True]], dtype=bool))
+            inputs.append(stream)
+        client.start_stream(
+            callback=lambda result, error: responses.put((result, error)), stream_timeout=timeout_s
+        )
+        client.async_stream_infer(
+            model_name,
+            inputs,
+            request_id="llmft-smoke",
+            outputs=[grpcclient.InferRequestedOutput("text_output")],
+            enable_empty_final_response=True,
+        )
+        pieces: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        while True:  # bounded: every wait below ends at the deadline
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SmokeTestError(f"gRPC stream sent no final response within {timeout_s:.0f} s")
+            try:
+                result, error = responses.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if error is not None:
+                raise SmokeTestError(f"gRPC stream request failed: {error}")
+            output = result.as_numpy("text_output")
+            for item in output.ravel() if output is not None else ():
+                # A piece may be empty (a token that completes no character yet); the whole may not.
+                piece = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+                if piece:
+                    pieces.append(piece)
+            final = result.get_response().parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                break
+        if not pieces:
+            raise SmokeTestError("gRPC stream returned no text")
+        return "".join(pieces), len(pieces)
+    finally:
+        client.stop_stream()
+        client.close()
+
+
 def check_health(http_url: str, model_name: str, timeout_s: float = 10) -> None:
     import tritonclient.http as httpclient
 
@@ -128,21 +277,66 @@ def check_health(http_url: str, model_name: str, timeout_s: float = 10) -> None:
         client.close()
 
 
+def wait_for_health(http_url: str, model_name: str, timeout_s: float, poll_s: float = 1.0) -> None:
+    """`check_health` until it passes or `timeout_s` ends; then raise its last error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check_health(http_url, model_name)
+            return
+        except Exception as error:  # connection refused, 503, not ready: all worth another look
+            if time.monotonic() + poll_s >= deadline:
+                raise SmokeTestError(
+                    f"server at {http_url} or model {model_name} not ready within {timeout_s:.0f} s: {error}"
+                ) from error
+        time.sleep(poll_s)
+
+
+def check_expected(answer: str, expect: str | None) -> None:
+    """Fail unless `answer` matches the regular expression `expect` (searched, case-insensitive)."""
+    if expect is not None and re.search(expect, answer, flags=re.IGNORECASE) is None:
+        raise SmokeTestError(f"generate answered {answer!r}, which does not match smoke_expect {expect!r}")
+
+
 def smoke_test(
-    http_url: str, grpc_url: str, model_name: str, prompt: str, max_tokens: int = 16, timeout_s: float = 60
+    http_url: str,
+    grpc_url: str,
+    model_name: str,
+    prompt: str,
+    max_tokens: int = 16,
+    timeout_s: float = 60,
+    expect: str | None = None,
+    ready_timeout_s: float = 10,
 ) -> SmokeResult:
     """Run every check; raise SmokeTestError (or the client's error) on the first failure."""
     started = time.monotonic()
-    check_health(http_url, model_name)
-    generated = generate_http(http_url, model_name, prompt, max_tokens, timeout_s)
-    log.info("generate over HTTP: %r", generated)
-    http_output = infer_http(http_url, model_name, prompt, max_tokens, timeout_s)
-    grpc_output = infer_grpc(grpc_url, model_name, prompt, max_tokens, timeout_s)
-    log.info("infer over gRPC: %r", grpc_output)
+    wait_for_health(http_url, model_name, ready_timeout_s)
+    traits = model_traits(http_url, model_name)
+    http_output = grpc_output = None
+    if traits.decoupled:
+        generated = generate_stream_http(
+            http_url, model_name, prompt, max_tokens, timeout_s, traits.stream_input
+        )
+        log.info("generate_stream over HTTP: %r", generated)
+        check_expected(generated, expect)
+    else:
+        generated = generate_http(http_url, model_name, prompt, max_tokens, timeout_s)
+        log.info("generate over HTTP: %r", generated)
+        check_expected(generated, expect)
+        http_output = infer_http(http_url, model_name, prompt, max_tokens, timeout_s)
+        grpc_output = infer_grpc(grpc_url, model_name, prompt, max_tokens, timeout_s)
+        log.info("infer over gRPC: %r", grpc_output)
+    stream_output, pieces = stream_grpc(
+        grpc_url, model_name, prompt, max_tokens, timeout_s, traits.stream_input
+    )
+    log.info("gRPC stream: %d response(s): %r", pieces, stream_output)
     return SmokeResult(
         prompt=prompt,
         generate_output=generated,
         http_infer_output=http_output,
         grpc_infer_output=grpc_output,
+        decoupled=traits.decoupled,
+        stream_output=stream_output,
+        stream_responses=pieces,
         seconds=time.monotonic() - started,
     )

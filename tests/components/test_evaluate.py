@@ -19,6 +19,7 @@ from components.evaluate.evaluate import (
     ModelScores,
     cut_at_eos,
     decide_gate,
+    decide_production_gate,
     evaluate,
     fit_prompt,
     left_pad,
@@ -178,6 +179,38 @@ def test_summary_table_and_gate_line():
     ]
     assert len({len(line) for line in lines[:6]}) == 1  # aligned columns
     assert lines[-1] == "gate: PASSED (exact_match gain 0.625 >= 0.050; tuned exact_match 0.625 >= 0.000)"
+
+
+def test_production_gate_allows_the_tolerance_and_no_more():
+    thresholds = GateThresholds(max_regression=0.05)
+    assert decide_production_gate(_scores(0.55), _scores(0.6), thresholds) == (
+        True,
+        "tuned exact_match vs production -0.050 >= -0.050",
+    )
+    ok, reason = decide_production_gate(_scores(0.5), _scores(0.6), thresholds)
+    assert not ok and reason == "tuned exact_match vs production -0.100 < -0.050 (required >= -0.050)"
+    ok, _ = decide_production_gate(_scores(0.5), _scores(0.6), GateThresholds(regression_metric="token_f1"))
+    assert not ok  # default tolerance 0: no worse at all
+
+
+def test_summary_shows_the_production_column_and_note():
+    result = EvaluateResult(
+        output="out",
+        base=_scores(0.0),
+        tuned=_scores(0.5),
+        passed=True,
+        reasons=["ok"],
+        production=_scores(0.25),
+        production_version="3",
+        production_note="compared with m version 3 (production)",
+    )
+    lines = result.summary().splitlines()
+    assert lines[0].split() == ["metric", "base", "tuned", "delta", "production"]
+    assert lines[3].split()[-1] == "0.2500"
+    assert lines[-2] == "production: compared with m version 3 (production)"
+    assert lines[-1] == "gate: PASSED (ok)"
+    html = render_report(result, inputs={}, data={}, thresholds={}, generations=[], curves=None)
+    assert "<th>production</th>" in html and "compared with m version 3" in html
 
 
 # --- report --------------------------------------------------------------------------------
@@ -444,6 +477,153 @@ def test_adapter_of_another_base_model_is_refused(workspace, tmp_path):
                 output=str(tmp_path / "out"),
             )
         )
+
+
+# --- the production model, through the registry of a real MLflow server -------------------------
+
+
+def _untrained_adapter(workspace: dict[str, str], directory: Path) -> str:
+    """A LoRA adapter whose B matrices are zero: the tuned model is the base model, a clear regression."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(workspace["base"]),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(workspace["adapter"]).save_pretrained(directory)
+    storage.publish_dir(
+        directory, str(directory), producer="test", metadata={"base_model": workspace["base"]}
+    )
+    return str(directory)
+
+
+@pytest.fixture
+def production(workspace, mlflow_server, s3_bucket):
+    """The well-trained adapter merged by export onto S3, registered, and holding the production alias."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from components.export.export import ExportConfig, export
+
+    checkpoint = s3_bucket.uri("runs", "1", "export")
+    export(ExportConfig(base_model=workspace["base"], adapter=workspace["adapter"], output=checkpoint))
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    name = f"support-bot-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=checkpoint).version
+    client.set_registered_model_alias(name, "production", version)
+    return {"name": name, "version": str(version), "source": checkpoint, "uri": mlflow_server}
+
+
+def _run(config: EvaluateConfig, tracking_uri: str | None) -> EvaluateResult:
+    from components import tracking
+
+    result, _ = tracking.run_step("evaluate", evaluate, config, tracking_uri, "evaluate-tests")
+    return result
+
+
+def test_a_regression_against_production_fails_the_gate(workspace, production, tmp_path):
+    output = tmp_path / "eval"
+    config = EvaluateConfig(
+        base_model=workspace["base"],
+        adapter=_untrained_adapter(workspace, tmp_path / "untrained"),
+        data=workspace["data"],
+        output=str(output),
+        max_new_tokens=4,
+        gate=GateThresholds(min_exact_match_gain=0.0),  # only the production check can fail
+        registered_model_name=production["name"],
+    )
+    result = _run(config, production["uri"])
+
+    assert result.production is not None and result.production_version == production["version"]
+    assert result.production.exact_match > result.tuned.exact_match  # the served model is better
+    assert result.tuned.exact_match == result.base.exact_match  # B = 0: the tuned model is the base
+    assert not result.passed
+    assert result.reasons[-1].startswith("tuned exact_match vs production -")
+    assert "(required >= -0.000)" in result.reasons[-1]
+    assert (
+        result.production_note
+        == f"compared with {production['name']} version {production['version']} (production)"
+    )
+
+    document = json.loads((output / "metrics.json").read_text())
+    assert document["production"] == {
+        "compared": True,
+        "note": result.production_note,
+        "registered_model_name": production["name"],
+        "alias": "production",
+        "version": production["version"],
+        "source": production["source"],
+        "scores": result.production.model_dump(),
+    }
+    generations = [json.loads(line) for line in (output / "generations.jsonl").read_text().splitlines()]
+    assert all("production" in line for line in generations)
+    em = sum(metrics.exact_match(g["production"], g["reference"]) for g in generations) / len(generations)
+    assert em == pytest.approx(result.production.exact_match)
+    assert "<th>production</th>" in (output / "report.html").read_text()
+
+    # Within a tolerance as large as the gap, the same candidate passes.
+    gap = result.production.exact_match - result.tuned.exact_match
+    tolerant = config.model_copy(
+        update={"gate": GateThresholds(min_exact_match_gain=0.0, max_regression=gap)}
+    )
+    assert _run(tolerant.model_copy(update={"output": str(tmp_path / "eval2")}), production["uri"]).passed
+
+
+def test_the_tuned_model_may_replace_an_equal_production_model(workspace, production, tmp_path):
+    config = EvaluateConfig(
+        base_model=workspace["base"],
+        adapter=workspace["adapter"],
+        data=workspace["data"],
+        output=str(tmp_path / "eval"),
+        max_new_tokens=4,
+        registered_model_name=production["name"],
+    )
+    result = _run(config, production["uri"])
+    # The production model is this very adapter, merged: the same answers.
+    assert result.production.exact_match == result.tuned.exact_match
+    assert result.production.val_loss == pytest.approx(result.tuned.val_loss, rel=1e-4)
+    assert result.passed and result.reasons[-1].startswith("tuned exact_match vs production 0.000 >=")
+
+
+def test_no_production_model_is_reported_and_does_not_block(workspace, mlflow_server, tmp_path):
+    common = {
+        "base_model": workspace["base"],
+        "adapter": workspace["adapter"],
+        "data": workspace["data"],
+        "max_new_tokens": 4,
+    }
+    unknown = EvaluateConfig(output=str(tmp_path / "a"), registered_model_name="never-registered", **common)
+    result = _run(unknown, mlflow_server)
+    assert result.production is None and result.passed
+    assert (
+        "no version of registered model 'never-registered' holds alias 'production'" in result.production_note
+    )
+    assert len(result.reasons) == 2  # no production check
+    report = (tmp_path / "a" / "report.html").read_text()
+    assert "nothing has been promoted yet" in report
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["production"]["compared"] is False
+
+    untracked = evaluate(EvaluateConfig(output=str(tmp_path / "b"), registered_model_name="m", **common))
+    assert untracked.production is None and "MLflow tracking is off" in untracked.production_note
+
+
+def test_unreadable_production_model_is_an_error(workspace, production, s3_bucket, tmp_path):
+    storage.remove_dir(production["source"])
+    config = EvaluateConfig(
+        base_model=workspace["base"],
+        adapter=workspace["adapter"],
+        data=workspace["data"],
+        output=str(tmp_path / "eval"),
+        registered_model_name=production["name"],
+    )
+    with pytest.raises(
+        EvaluateError, match=f"cannot read the production model {production['name']} version 1"
+    ):
+        _run(config, production["uri"])
 
 
 @pytest.mark.gpu

@@ -2,12 +2,15 @@
 
 The tiny random model's generations are gibberish, but they come from the real path:
 build -> config.pbtxt + model.py -> python backend stub -> transformers -> generate extension.
+The kubernetes target is tested in test_rollout_kubernetes.py (flows) and
+test_rollout_manifests.py (manifests, dry run).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sysconfig
 import threading
@@ -24,7 +27,13 @@ from components.build.build import BuildConfig, build
 from components.prompt import render_prompt
 from components.rollout import local_triton
 from components.rollout.rollout import RolloutConfig, RolloutError, _local_repository, rollout
-from components.rollout.smoke import generate_http, infer_grpc
+from components.rollout.smoke import (
+    SmokeTestError,
+    generate_http,
+    infer_grpc,
+    smoke_test,
+    stream_grpc,
+)
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
 
 STARTUP_TIMEOUT_S = 120
@@ -78,11 +87,11 @@ def _generate(url: str, body: dict) -> tuple[int, dict]:
 # --- refusals: nothing is started --------------------------------------------------------
 
 
-def test_kubernetes_target_is_refused(tmp_path):
+def test_kubernetes_target_refuses_an_incomplete_repository_before_anything(tmp_path):
     config = RolloutConfig(
         repository=str(tmp_path / "missing"), target="kubernetes", workdir=str(tmp_path / "w")
     )
-    with pytest.raises(RolloutError, match="kubernetes"):
+    with pytest.raises(storage.IncompleteDirectoryError):
         rollout(config)
     assert not (tmp_path / "w").exists()
 
@@ -191,6 +200,25 @@ def test_grpc_infer_returns_text(served):
     assert isinstance(text, str) and text
 
 
+def test_grpc_stream_of_a_model_that_is_not_decoupled_is_one_final_response(served):
+    prompt = "Classify: the room was dirty"
+    text, pieces = stream_grpc(served.endpoint_grpc, "llm", prompt, max_tokens=8)
+    assert pieces == 1
+    assert text == generate_http(served.endpoint_http, "llm", prompt, max_tokens=8)  # greedy: same answer
+
+
+def test_smoke_test_checks_the_answer(served):
+    answer = generate_http(served.endpoint_http, "llm", "hello", max_tokens=6)
+    result = smoke_test(
+        served.endpoint_http, served.endpoint_grpc, "llm", "hello", 6, expect=f"^{re.escape(answer)}$"
+    )
+    assert not result.decoupled
+    assert result.generate_output == result.http_infer_output == result.grpc_infer_output == answer
+    assert result.stream_output == answer and result.stream_responses == 1
+    with pytest.raises(SmokeTestError, match="does not match smoke_expect"):
+        smoke_test(served.endpoint_http, served.endpoint_grpc, "llm", "hello", 6, expect="^positive$")
+
+
 def test_batched_and_concurrent_requests(served):
     client = httpclient.InferenceServerClient(url=served.endpoint_http.removeprefix("http://"))
     try:
@@ -251,3 +279,70 @@ def test_s3_repository_is_downloaded_for_the_local_target(repository, tmp_path, 
     local = _local_repository(RolloutConfig(repository=s3_bucket.uri("repo")))
     assert local != repository and local.is_relative_to(tmp_path)
     assert (local / "llm" / "1" / "model.py").read_bytes() == (repository / "llm/1/model.py").read_bytes()
+
+
+# --- a decoupled model: answers in pieces, served only through streams ------------------------------
+
+# Test-only: the build's hf model.py (copied beside this file as hf_model.py; the python backend puts the
+# version directory on sys.path), generating exactly as it does but answering in word-sized pieces, the
+# way a decoupled TRT-LLM model streams. It exercises the smoke test's streaming path on a real server.
+DECOUPLED_MODEL = """
+import re
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from hf_model import TritonPythonModel as HfModel
+
+
+class TritonPythonModel(HfModel):
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            prompt = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().ravel()[0].decode()
+            tokens = pb_utils.get_input_tensor_by_name(request, "max_tokens")
+            max_tokens = int(tokens.as_numpy().ravel()[0]) if tokens is not None else self.default_max_tokens
+            text = self._generate([prompt], max_tokens, 0.0)[0]
+            for piece in re.findall(r"\\S+\\s*|\\s+", text):
+                output = pb_utils.Tensor("text_output", np.array([[piece.encode()]], dtype=np.object_))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[output]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+def test_decoupled_model_is_smoke_tested_through_streams(repository, served, tmp_path):
+    decoupled = tmp_path / "decoupled"
+    shutil.copytree(repository, decoupled)
+    version = decoupled / "llm" / "1"
+    (version / "model.py").rename(version / "hf_model.py")
+    (version / "model.py").write_text(DECOUPLED_MODEL)
+    config = decoupled / "llm" / "config.pbtxt"
+    config.write_text(config.read_text() + "\nmodel_transaction_policy { decoupled: true }\n")
+    storage.publish_dir(decoupled, str(decoupled), "llmft.build", {"serving_mode": "hf"})
+
+    prompt = "Which topic is this text about: the band played a new song."
+    expected = generate_http(
+        served.endpoint_http, "llm", prompt, max_tokens=12
+    )  # same weights, not decoupled
+    workdir = tmp_path / "server"
+    result = rollout(
+        RolloutConfig(
+            repository=str(decoupled),
+            workdir=str(workdir),
+            smoke_prompt=prompt,
+            smoke_max_tokens=12,
+            smoke_expect=f"^{re.escape(expected)}$",
+            keep_running=True,
+            startup_timeout_s=STARTUP_TIMEOUT_S,
+        )
+    )
+    try:
+        assert result.sample_output == expected and result.stream_output == expected
+        text, pieces = stream_grpc(result.endpoint_grpc, "llm", prompt, max_tokens=12)
+        assert text == expected and pieces == len(re.findall(r"\S+\s*|\s+", expected)) > 1
+        # Triton refuses unary calls to a decoupled model: that is why the smoke test streams.
+        with pytest.raises(Exception, match="decoupled"):
+            infer_grpc(result.endpoint_grpc, "llm", prompt, max_tokens=4)
+    finally:
+        local_triton.stop_from_info(workdir)

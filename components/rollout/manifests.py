@@ -1,0 +1,599 @@
+"""Kubernetes objects of the `kubernetes` rollout target: pure functions from typed settings to manifests.
+
+`KubernetesSettings` is what a user sets (namespace, replicas, the Triton pods' `ResourceProfile`, where
+the model repository comes from, autoscaling); `ServingPlan` is those settings resolved against one model
+repository (image, Triton's repository URL, GPUs the engine needs); `build_manifests(plan)` returns the
+Service, Deployment and optional HorizontalPodAutoscaler as plain dicts, in the order they are applied.
+Nothing here talks to a cluster: `cluster_api.py` does that, `kubernetes_target.py` runs the flow.
+
+Why the Deployment looks the way it does:
+- tritonserver listens on 8000 (HTTP/REST), 8001 (gRPC) and 8002 (Prometheus metrics), its defaults.
+- Probes hit Triton's own health endpoints on the HTTP port: the startup probe waits for
+  /v2/health/ready (every model loaded; large models take minutes, so its budget is
+  `model_load_timeout_s`), readiness keeps polling it, liveness polls /v2/health/live. Without the
+  startup probe, liveness would kill a pod that is still loading weights.
+- RollingUpdate with maxUnavailable 0: the old revision keeps serving until a new pod is ready, so a
+  new revision that never becomes ready costs no capacity (maxSurge 1 needs room for one more pod).
+- The model repository is read by Triton itself from s3:// (credentials as env vars from a Secret,
+  through secretKeyRef; or the pod's IAM role) or from a PersistentVolumeClaim mounted read-only.
+- GPUs, EFA, /dev/shm (the python backend and NCCL exchange tensors through it), tolerations, node
+  selector, pull secrets, priority class and service account come from the pods' `ResourceProfile`
+  through `components.resources.apply_to_pod_spec`, the same code PyTorchJob workers use.
+- Triton never talks to the Kubernetes API: no service account token is mounted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from components import storage
+from components.resources import (
+    ResourceProfile,
+    apply_to_pod_spec,
+    cpu_cores,
+    memory_bytes,
+    preset_profiles,
+)
+
+CONTAINER_NAME = "tritonserver"
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+MODELS_VOLUME = "model-repository"
+MODELS_MOUNT = "/models"
+TRITON_UID = 1000  # the triton-server user of NGC tritonserver images, and the uid of llmft's images
+
+MANAGED_BY = "llmft"
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+VERSION_LABEL = "app.kubernetes.io/version"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+APP_NAME = "tritonserver"
+MODEL_ANNOTATION = "llmft.io/model"
+REPOSITORY_ANNOTATION = "llmft.io/repository"
+REPOSITORY_DIGEST_ANNOTATION = "llmft.io/repository-sha256"
+MAX_NAME = 63  # Service names are DNS-1035 labels
+NAME_PREFIX = "triton-"  # also makes every name start with a letter, as DNS-1035 requires
+
+# Startup probe period; its failure threshold is derived from model_load_timeout_s.
+STARTUP_PERIOD_S = 10
+
+_DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+_ENDPOINT_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_HOST_PORT_RE = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+_METRIC_NAME_RE = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
+
+
+class ManifestError(ValueError):
+    """The settings cannot make valid manifests for this repository; the message names the field."""
+
+
+def default_server_profile() -> ResourceProfile:
+    """The Triton pods' profile when none is given: the p5 preset's build step (the GPU pool the engine
+    was built on); `size_to_engine` then cuts it down to the GPUs the engine needs."""
+    return preset_profiles("p5").build
+
+
+class KubernetesSettings(BaseModel):
+    """Where and how the `kubernetes` target runs Triton."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = Field(default="llmft", description="Namespace of the Deployment, Service and HPA.")
+    name: str | None = Field(
+        default=None,
+        description="Name of the Deployment, Service and HPA (a DNS-1035 label); default: derived from the "
+        "registered model name (else the served model name), so every run of one model updates the same "
+        "Deployment.",
+    )
+    replicas: int = Field(default=1, ge=1, description="Triton pods (the HPA's minimum when autoscaling).")
+    image: str | None = Field(
+        default=None,
+        description="tritonserver image; default: the triton_image the build recorded (TensorRT-LLM "
+        "modes), else default_image.",
+    )
+    default_image: str | None = Field(
+        default=None,
+        description="Image for repositories whose build recorded no triton_image (serving mode hf: "
+        "tritonserver with the python backend, torch and transformers); default: the trtllm image of "
+        "containers/images.yaml.",
+    )
+    profile: ResourceProfile = Field(
+        default_factory=default_server_profile,
+        description="Cluster profile of each Triton pod: GPUs, EFA, /dev/shm, CPU/memory, tolerations, node "
+        "selector (GPU product), service account, pull secrets, priority class (components.resources).",
+    )
+    size_to_engine: bool = Field(
+        default=True,
+        description="Give each pod the GPUs the engine needs (tensor_parallel x pipeline_parallel, 1 without "
+        "them), scaling the profile's CPU, memory and /dev/shm in proportion; off: use the profile as is.",
+    )
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        description="Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and optionally "
+        "AWS_SESSION_TOKEN) for Triton's S3 reads, passed by secretKeyRef; unset: the pod's own identity "
+        "(IRSA through the profile's service account).",
+    )
+    s3_region: str | None = Field(
+        default=None,
+        description="AWS_DEFAULT_REGION for Triton's S3 client (set it when the bucket's region differs "
+        "from the cluster's).",
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint, e.g. https://minio.minio.svc:9000 (Triton reads "
+        "s3://<endpoint>/<bucket>/<path>); unset: AWS S3.",
+    )
+    pvc_claim: str | None = Field(
+        default=None,
+        description="Serve the repository from this PersistentVolumeClaim (mounted read-only at /models) "
+        "instead of S3; `repository` is then where this step reads the repository's manifest.",
+    )
+    pvc_path: str = Field(default="", description="Path of the repository inside the claim.")
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra annotations on the Triton pods (e.g. for a service mesh)."
+    )
+    model_load_timeout_s: int = Field(
+        default=1800, ge=10, description="Startup probe budget: seconds a pod may take to load its models."
+    )
+    autoscale_max_replicas: int = Field(
+        default=0, ge=0, description="Above 0: a HorizontalPodAutoscaler scales replicas up to this many."
+    )
+    autoscale_cpu_utilization: int = Field(
+        default=80, ge=1, le=100, description="HPA target: average CPU utilization (% of the CPU request)."
+    )
+    autoscale_pods_metric: str | None = Field(
+        default=None,
+        description="HPA target instead of CPU: a per-pod custom metric served by a metrics adapter "
+        "(e.g. Prometheus Adapter exposing a Triton queue-time metric).",
+    )
+    autoscale_pods_target: str = Field(
+        default="1", description="Average value of autoscale_pods_metric per pod to aim for (a quantity)."
+    )
+    timeout_s: float = Field(
+        default=2400, gt=0, description="Seconds to wait for the new revision to be rolled out and available."
+    )
+    poll_s: float = Field(default=5.0, gt=0, le=60, description="Seconds between Deployment status reads.")
+    http_url: str | None = Field(
+        default=None,
+        description="Reach the Service's HTTP port here for the smoke test (e.g. a kubectl port-forward, "
+        "http://127.0.0.1:8000); default: its cluster DNS name.",
+    )
+    grpc_url: str | None = Field(
+        default=None,
+        description="Reach the Service's gRPC port here (host:port); default: its cluster DNS name.",
+    )
+    cluster_domain: str = Field(default="cluster.local", description="The cluster's DNS domain.")
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if len(value) > 63 or not _DNS1123_LABEL_RE.match(value):
+            raise ValueError(f"namespace {value!r} is not a DNS-1123 label (lowercase alphanumerics and '-')")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > MAX_NAME or not _DNS1035_RE.match(value)):
+            raise ValueError(
+                f"name {value!r} is not a DNS-1035 label: start with a letter, lowercase alphanumerics and "
+                f"'-', at most {MAX_NAME} characters"
+            )
+        return value
+
+    @field_validator("s3_credentials_secret", "pvc_claim")
+    @classmethod
+    def _check_object_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 253 or not _DNS1123_SUBDOMAIN_RE.match(value)):
+            raise ValueError(f"{value!r} is not a valid Kubernetes object name")
+        return value
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not _ENDPOINT_RE.match(value):
+            raise ValueError(f"s3_endpoint {value!r} must look like https://host[:port] (no path)")
+        return value
+
+    @field_validator("grpc_url")
+    @classmethod
+    def _check_grpc_url(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_PORT_RE.match(value):
+            raise ValueError(f"grpc_url {value!r} must be host:port")
+        return value
+
+    @field_validator("http_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not _ENDPOINT_RE.match(value):
+            raise ValueError(f"http_url {value!r} must look like http://host:port")
+        return value
+
+    @field_validator("autoscale_pods_metric")
+    @classmethod
+    def _check_metric(cls, value: str | None) -> str | None:
+        if value is not None and not _METRIC_NAME_RE.match(value):
+            raise ValueError(f"autoscale_pods_metric {value!r} is not a metric name")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> KubernetesSettings:
+        if self.autoscale_max_replicas and self.autoscale_max_replicas < self.replicas:
+            raise ValueError(
+                f"autoscale_max_replicas {self.autoscale_max_replicas} is below replicas {self.replicas}"
+            )
+        if self.pvc_path.startswith("/") or ".." in self.pvc_path.split("/"):
+            raise ValueError(f"pvc_path {self.pvc_path!r} must be a relative path inside the claim")
+        if self.pvc_path and not self.pvc_claim:
+            raise ValueError("pvc_path is set but pvc_claim is not")
+        return self
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """`KubernetesSettings` resolved against one model repository: everything the manifests say."""
+
+    name: str
+    settings: KubernetesSettings
+    profile: ResourceProfile  # sized for the engine
+    image: str
+    model_name: str
+    repository: str  # where the step read the repository (its manifest)
+    repository_digest: str
+    triton_repository: str  # what tritonserver's --model-repository gets
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {NAME_LABEL: APP_NAME, INSTANCE_LABEL: self.name}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            **self.selector,
+            VERSION_LABEL: self.repository_digest[:12],
+            COMPONENT_LABEL: "inference-server",
+            PART_OF_LABEL: "llmft",
+            MANAGED_BY_LABEL: MANAGED_BY,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names and sizes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _dns_part(text: str) -> str:
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower())).strip("-")
+
+
+def release_name(model: str) -> str:
+    """The Deployment/Service/HPA name of a model: `triton-<model>`, a DNS-1035 label of <= 63 characters.
+
+    Deterministic, so a retried step or the next pipeline run of the same model updates the same
+    Deployment. A hash suffix keeps names apart when the model name had to be shortened or changed.
+    """
+    if not model.strip():
+        raise ManifestError("release_name needs a non-empty model name")
+    part = _dns_part(model)
+    name = f"{NAME_PREFIX}{part}"
+    if part == model and len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
+    room = MAX_NAME - len(NAME_PREFIX) - len(digest) - 1
+    part = part[:room].strip("-")
+    return f"{NAME_PREFIX}{part}-{digest}" if part else f"{NAME_PREFIX}{digest}"
+
+
+def _format_cpu(cores: Decimal) -> str:
+    millis = int(cores * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{max(millis, 1)}m"
+
+
+def _format_memory(size: int) -> str:
+    """Whole Gi when exact, else whole Mi (rounded down: a share never exceeds the node's)."""
+    if size % 2**30 == 0:
+        return f"{size // 2**30}Gi"
+    return f"{size // 2**20}Mi" if size >= 2**20 else str(size)
+
+
+def sized_profile(profile: ResourceProfile, gpus: int) -> ResourceProfile:
+    """`profile` cut to `gpus` GPUs, with CPU, memory and /dev/shm scaled in the same proportion.
+
+    A profile describing a whole node (the build step's: 8 GPUs, 96 CPUs, 1000Gi) becomes one pod's share
+    of it. CPU profiles (no GPUs) are returned unchanged: there is nothing to scale by.
+    """
+    if profile.gpus == 0 or gpus == profile.gpus:
+        return profile
+    share = Decimal(gpus) / Decimal(profile.gpus)
+
+    def memory(value: str | None) -> str | None:
+        return None if value is None else _format_memory(int(memory_bytes(value) * share))
+
+    def cpu(value: str | None) -> str | None:
+        return None if value is None else _format_cpu(cpu_cores(value) * share)
+
+    update = {
+        "gpus": gpus,
+        "cpu_request": cpu(profile.cpu_request),
+        "cpu_limit": cpu(profile.cpu_limit),
+        "memory_request": memory(profile.memory_request),
+        "memory_limit": memory(profile.memory_limit),
+        "shm_size": memory(profile.shm_size),
+    }
+    return ResourceProfile.model_validate({**profile.model_dump(), **update})
+
+
+def engine_gpus(metadata: Mapping[str, Any]) -> int:
+    """GPUs one Triton pod needs for the repository: tensor_parallel x pipeline_parallel, else 1."""
+    try:
+        tensor = int(metadata.get("tensor_parallel") or 1)
+        pipeline = int(metadata.get("pipeline_parallel") or 1)
+    except (TypeError, ValueError) as error:
+        raise ManifestError(
+            f"repository metadata tensor_parallel={metadata.get('tensor_parallel')!r} / pipeline_parallel="
+            f"{metadata.get('pipeline_parallel')!r} are not integers"
+        ) from error
+    if tensor < 1 or pipeline < 1:
+        raise ManifestError(f"repository metadata asks for {tensor} x {pipeline} GPUs")
+    return tensor * pipeline
+
+
+def pod_profile(settings: KubernetesSettings, metadata: Mapping[str, Any]) -> ResourceProfile:
+    """The Triton pods' profile for this repository (see `KubernetesSettings.size_to_engine`)."""
+    needed = engine_gpus(metadata)
+    profile = settings.profile
+    if settings.size_to_engine and profile.gpus:
+        return sized_profile(profile, needed)
+    engine_built = "tensor_parallel" in metadata or "pipeline_parallel" in metadata
+    if engine_built and profile.gpus != needed:
+        raise ManifestError(
+            f"kubernetes.profile.gpus is {profile.gpus} but the engine needs tensor_parallel x "
+            f"pipeline_parallel = {needed} GPUs per pod; set it to {needed} or turn size_to_engine on"
+        )
+    return profile
+
+
+def gpu_product_of(profile: ResourceProfile) -> str | None:
+    """The GPU product the pods are pinned to (node selector), if any."""
+    return profile.effective_node_selector().get(profile.gpu_product_label)
+
+
+def triton_repository_url(repository: str, settings: KubernetesSettings) -> str:
+    """What tritonserver's --model-repository gets: the PVC mount, s3://bucket/path or s3://endpoint/bucket/path."""
+    if settings.pvc_claim:
+        return f"{MODELS_MOUNT}/{settings.pvc_path}".rstrip("/") if settings.pvc_path else MODELS_MOUNT
+    if not storage.is_s3(repository):
+        raise ManifestError(
+            f"repository {repository!r} is not on s3://: Triton pods cannot read a path on this machine; "
+            "publish it to s3:// or set kubernetes.pvc_claim to a claim holding it"
+        )
+    bucket, key = storage.split_s3(repository)
+    path = f"{bucket}/{key}".rstrip("/")
+    return f"s3://{settings.s3_endpoint}/{path}" if settings.s3_endpoint else f"s3://{path}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Manifests
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _metadata(plan: ServingPlan, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": plan.namespace,
+        "labels": dict(plan.labels),
+        "annotations": {
+            MODEL_ANNOTATION: plan.model_name,
+            REPOSITORY_ANNOTATION: plan.repository,
+            REPOSITORY_DIGEST_ANNOTATION: plan.repository_digest,
+        },
+    }
+
+
+def _env(plan: ServingPlan) -> list[dict[str, Any]]:
+    settings = plan.settings
+    env: list[dict[str, Any]] = []
+    if settings.pvc_claim:
+        return env
+    if settings.s3_credentials_secret:
+        # Credentials only as references: the manifest (and anything that prints it) never holds one.
+        for variable, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        ):
+            reference: dict[str, Any] = {"name": settings.s3_credentials_secret, "key": variable}
+            if optional:
+                reference["optional"] = True
+            env.append({"name": variable, "valueFrom": {"secretKeyRef": reference}})
+    if settings.s3_region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": settings.s3_region})
+    return env
+
+
+def triton_args(plan: ServingPlan) -> list[str]:
+    return [
+        f"--model-repository={plan.triton_repository}",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        "--allow-metrics=true",
+        # config.pbtxt files are complete; auto-complete would start each python model once more to ask it.
+        "--disable-auto-complete-config",
+        # On SIGTERM Triton stops taking requests and lets in-flight ones finish for this long.
+        "--exit-timeout-secs=60",
+    ]
+
+
+def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def pod_spec(plan: ServingPlan) -> dict[str, Any]:
+    """The Triton pod: one tritonserver container, with the profile applied."""
+    startup_failures = math.ceil(plan.settings.model_load_timeout_s / STARTUP_PERIOD_S)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": plan.image,
+        "command": ["tritonserver"],
+        "args": triton_args(plan),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "startupProbe": _probe("/v2/health/ready", STARTUP_PERIOD_S, startup_failures),
+        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _probe("/v2/health/live", 10, 6),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": TRITON_UID,
+        },
+    }
+    env = _env(plan)
+    if env:
+        container["env"] = env
+    spec: dict[str, Any] = {
+        "containers": [container],
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 90,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if plan.settings.pvc_claim:
+        spec["volumes"] = [
+            {
+                "name": MODELS_VOLUME,
+                "persistentVolumeClaim": {"claimName": plan.settings.pvc_claim, "readOnly": True},
+            }
+        ]
+        container["volumeMounts"] = [{"name": MODELS_VOLUME, "mountPath": MODELS_MOUNT, "readOnly": True}]
+    return apply_to_pod_spec(spec, plan.profile, containers=[CONTAINER_NAME])
+
+
+def build_deployment(plan: ServingPlan) -> dict[str, Any]:
+    annotations = {
+        # For Prometheus setups that discover scrape targets by annotation.
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+        **plan.settings.pod_annotations,
+    }
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": dict(plan.selector)},
+        "revisionHistoryLimit": 5,
+        # The controller marks a rollout failed after this long; the step's own timeout also applies.
+        "progressDeadlineSeconds": plan.settings.model_load_timeout_s + 600,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": dict(plan.labels), "annotations": annotations},
+            "spec": pod_spec(plan),
+        },
+    }
+    # With an HPA the replica count is the HPA's: writing it here would undo its scaling on every rollout.
+    if not plan.settings.autoscale_max_replicas:
+        spec = {"replicas": plan.settings.replicas, **spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(plan, plan.name),
+        "spec": spec,
+    }
+
+
+def build_service(plan: ServingPlan) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(plan, plan.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": dict(plan.selector),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_hpa(plan: ServingPlan) -> dict[str, Any]:
+    settings = plan.settings
+    if settings.autoscale_pods_metric:
+        metric: dict[str, Any] = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": settings.autoscale_pods_metric},
+                "target": {"type": "AverageValue", "averageValue": settings.autoscale_pods_target},
+            },
+        }
+    else:
+        if not plan.profile.cpu_request:
+            raise ManifestError(
+                "autoscaling on CPU utilization needs a CPU request: set kubernetes.profile.cpu_request "
+                "or kubernetes.autoscale_pods_metric"
+            )
+        metric = {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": settings.autoscale_cpu_utilization},
+            },
+        }
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(plan, plan.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan.name},
+            "minReplicas": settings.replicas,
+            "maxReplicas": settings.autoscale_max_replicas,
+            "metrics": [metric],
+        },
+    }
+
+
+def build_manifests(plan: ServingPlan) -> list[dict[str, Any]]:
+    """Every object of the rollout, in apply order: Service, Deployment, then the HPA if autoscaling."""
+    objects = [build_service(plan), build_deployment(plan)]
+    if plan.settings.autoscale_max_replicas:
+        objects.append(build_hpa(plan))
+    return objects
+
+
+def revision_of(objects: list[dict[str, Any]]) -> str:
+    """A short hash of the objects: the same settings and repository always give the same revision."""
+    text = json.dumps(objects, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def manifests_yaml(objects: list[dict[str, Any]]) -> str:
+    """The objects as one multi-document YAML text, keys sorted (the same plan always prints the same)."""
+    return yaml.safe_dump_all(objects, sort_keys=True, default_flow_style=False, width=2**16)
