@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONTAINERS = REPO / "containers"
 BUILD_SH = CONTAINERS / "build.sh"
 DIGEST = "sha256:" + "ab" * 32
-FAMILY_EXTRA = {"base": "base", "train": "train", "trtllm": "trtllm"}
+FAMILY_EXTRA = {"base": "base", "train": "train,gpu", "trtllm": "trtllm"}
 
 
 def dockerfile(family: str) -> str:

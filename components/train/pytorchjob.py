@@ -104,7 +104,9 @@ _URL_CREDENTIALS_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@
 _SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "credential", "credentials", "apikey"})
 _SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key")})
 
-API_TIMEOUT_S = 60.0  # per Kubernetes API request: a hung connection must not hang the step for days
+# (connect, read) seconds per Kubernetes API request: a hung connection must not hang the step for
+# days. A tuple, not a float: the kubernetes client silently ignores a float timeout.
+API_TIMEOUT_S = (10, 60)
 MAX_API_ERRORS = 10  # consecutive transient API errors tolerated while waiting (x poll_s)
 LOG_READ_LIMIT_BYTES = 8 * 2**20  # one log read at most; a runaway log cannot exhaust the launcher
 LOG_WINDOW_MARGIN_S = 10  # overlap between log reads; duplicates are dropped by timestamp

@@ -40,8 +40,9 @@ from components import storage
 from components.records import Record, read_records
 from components.tracking import NULL_TRACKER, Tracker
 from components.train import distributed
-from components.train.data import EncodedExample, collate, encode_record
+from components.train.data import IGNORE_INDEX, EncodedExample, collate, encode_record
 from components.train.loss import response_loss_sum, validation_loss
+from components.train.memory import plan_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,18 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Compute precision: auto = bf16 on GPUs that support it, else fp32."
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute every decoder layer's activations in backward: less memory, about a third "
+        "more compute. false: on a GPU with the fused path, only the layers whose activations would not "
+        "fit are recomputed, picked from the model shape, the micro batch and the GPU's memory.",
+    )
+    fused: bool = Field(
+        True,
+        description="Padding-free packed micro batches (each up to micro_batch_size x max_length tokens), "
+        "fused LoRA layers and a fused loss: the same loss as the plain path, within float rounding, "
+        "with less time and memory. false: the plain transformers + PEFT forward on padded batches.",
+    )
     save_every_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     checkpoint_uri: str | None = Field(
@@ -154,6 +166,40 @@ def _dtype(precision: str, device: Any) -> Any:
     if precision in ("bf16", "fp16") and device.type == "cpu":
         raise TrainError(f"precision={precision} needs a GPU; use fp32 or auto on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def _checkpointed_layers(
+    config: TrainConfig, model: Any, device: Any, dtype: Any, weight_bytes: int, sharding: str
+) -> int:
+    """How many decoder layers recompute their activations: all when asked, else on a GPU
+    with the fused path as few as the memory plan needs (see memory.py), else none."""
+    layers = distributed.decoder_layers(model)
+    if config.gradient_checkpointing:
+        return len(layers)
+    if not (config.fused and device.type == "cuda" and layers):
+        return 0
+    import torch
+
+    shape = model.config
+    plan = plan_checkpointing(
+        num_layers=len(layers),
+        hidden_size=shape.hidden_size,
+        intermediate_size=getattr(shape, "intermediate_size", 4 * shape.hidden_size),
+        tokens_per_micro_batch=config.micro_batch_size * config.max_length,
+        bytes_per_value=torch.finfo(dtype).bits // 8,
+        weight_bytes=weight_bytes // (distributed.world_size() if sharding == "fsdp" else 1),
+        gpu_bytes=torch.cuda.get_device_properties(device).total_memory,
+    )
+    if plan.checkpointed_layers:
+        log.info(
+            "activation checkpointing on %d of %d layers: %.1f GiB of activations per layer would not "
+            "fit the %.1f GiB left beside the weights",
+            plan.checkpointed_layers,
+            len(layers),
+            plan.activation_bytes_per_layer / 2**30,
+            plan.available_bytes / 2**30,
+        )
+    return plan.checkpointed_layers
 
 
 def _encode(tokenizer: Any, records: list[Record], max_length: int, split: str) -> list[EncodedExample]:
@@ -425,6 +471,82 @@ def _accumulate_gradients(
     return step_loss
 
 
+def _packed_micro_batches(
+    group: list[list[EncodedExample]], accumulation: int, token_budget: int
+) -> tuple[list[list[EncodedExample]], int]:
+    """This rank's share of a step packed into micro batches, and the most any rank gets.
+
+    Every rank packs every rank's share (all hold the same step), so all know how many
+    forwards the busiest rank runs without asking each other.
+    """
+    from components.train import packing
+
+    shares = [
+        packing.pack(
+            [example for batch in group[r * accumulation : (r + 1) * accumulation] for example in batch],
+            token_budget,
+        )
+        for r in range(distributed.world_size())
+    ]
+    return shares[distributed.rank()], max(len(share) for share in shares)
+
+
+def _accumulate_packed(
+    model: Any,
+    micro_batches: list[list[EncodedExample]],
+    most_micro_batches: int,
+    step_tokens: int,
+    pad_id: int,
+    device: Any,
+) -> float:
+    """`_accumulate_gradients` on packed micro batches (the model is a PackedCausalLM).
+
+    Under FSDP every rank must run as many forwards and backwards (each gathers and reduces
+    the layers' weights): a rank with fewer micro batches runs empty ones, whose loss is zero.
+    """
+    from components.train import packing
+
+    step_loss = 0.0
+    filler = EncodedExample(input_ids=[pad_id], labels=[IGNORE_INDEX])
+    runs = most_micro_batches if distributed.is_sharded(model) else len(micro_batches)
+    for index in range(runs):
+        examples = micro_batches[index] if index < len(micro_batches) else [filler]
+        batch = packing.packed_batch(examples).to(device)
+        with distributed.gradient_sync(model, sync=index == runs - 1):
+            loss_sum = model(**vars(batch))
+            (loss_sum * distributed.world_size() / step_tokens).backward()
+        step_loss += loss_sum.detach()  # read once per step: .item() would wait for the GPU
+    return float(step_loss) / step_tokens
+
+
+def _packed_validation_loss(
+    model: Any, examples: list[EncodedExample], token_budget: int, pad_id: int, device: Any
+) -> float:
+    """`_validation_loss` through the PackedCausalLM: mean loss per response token of the validation set."""
+    import torch
+
+    from components.train import packing
+
+    shares = [
+        packing.pack(examples[r :: distributed.world_size()], token_budget)
+        for r in range(distributed.world_size())
+    ]
+    micro_batches = shares[distributed.rank()]
+    runs = max(len(share) for share in shares) if distributed.is_sharded(model) else len(micro_batches)
+    filler = EncodedExample(input_ids=[pad_id], labels=[IGNORE_INDEX])
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for index in range(runs):
+            batch = packing.packed_batch(micro_batches[index] if index < len(micro_batches) else [filler])
+            loss_sum += model(**vars(batch.to(device)))
+    model.train(was_training)
+    tokens = sum(example.response_tokens for share in micro_batches for example in share)
+    total_loss, total_tokens = distributed.all_reduce_sum([float(loss_sum), tokens])
+    return total_loss / total_tokens if total_tokens else math.nan
+
+
 def _validation_loss(
     model: Any, examples: list[EncodedExample], batch_size: int, pad_id: int, device: Any
 ) -> float:
@@ -521,6 +643,11 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from components.train.acceleration import use_liger_kernels
+    from components.train.fused_lora import fuse_lora_layers
+    from components.train.fused_loss import PackedCausalLM
+    from components.train.packing import register_packed_attention
+
     started = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -539,7 +666,8 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         tokenizer.pad_token = tokenizer.eos_token
     # Loaded on the CPU; `distributed.wrap` moves it to the device (FSDP one shard at a time),
     # after get_peft_model, so the LoRA init draws from the CPU random stream on any device.
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    attention = register_packed_attention() if config.fused else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     sharding = distributed.choose_sharding(config.sharding, device, weight_bytes)
     missing = [
@@ -552,10 +680,13 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             f"lora target_modules {missing} are not layers of {config.base_model} "
             f"({type(model).__name__}); check the model's module names"
         )
-    if config.gradient_checkpointing:
+    checkpointed = _checkpointed_layers(config, model, device, dtype, weight_bytes, sharding)
+    if checkpointed:
         # Non-reentrant: the variant FSDP and DDP support (transformers 4 defaulted to reentrant).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+        for layer in distributed.decoder_layers(model)[checkpointed:]:
+            layer.gradient_checkpointing = False
     lora = LoraConfig(
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
@@ -564,6 +695,10 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora)
+    if config.fused:
+        fuse_lora_layers(peft_model)
+        if device.type == "cuda":
+            use_liger_kernels(model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     log.info(
         "LoRA r=%d on %s: %s trainable of %s parameters",
@@ -593,6 +728,8 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     warmup = int(config.warmup_ratio * total_steps)
 
     pad_id = tokenizer.pad_token_id
+    # A packed micro batch holds no more tokens than a padded one of max_length sequences.
+    token_budget = config.micro_batch_size * config.max_length
 
     checkpoints = config.checkpoint_uri or storage.join(config.output, "checkpoints")
     settings = _resume_settings(
@@ -602,9 +739,14 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     if resumed_from:
         _load_adapter(resumed_from, peft_model)
     # Under FSDP, `peft_model` itself is sharded in place: from here on its parameters are shards.
-    model = distributed.wrap(peft_model, device, sharding, dtype)
+    model = distributed.wrap(
+        PackedCausalLM(peft_model) if config.fused else peft_model, device, sharding, dtype
+    )
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # The fused (single-kernel) AdamW where it exists: one launch for all adapter tensors.
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=device.type == "cuda"
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
     progress = Progress()
     if resumed_from:
@@ -657,8 +799,12 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             # Every rank builds the same shuffle, so each knows the whole step's token count
             # and takes its own slice of the step's micro batches.
             step_tokens = sum(example.response_tokens for batch in group for example in batch)
-            share = group[rank * accumulation : (rank + 1) * accumulation]
-            rank_loss = _accumulate_gradients(model, share, step_tokens, pad_id, device)
+            if config.fused:
+                packed, most = _packed_micro_batches(group, accumulation, token_budget)
+                rank_loss = _accumulate_packed(model, packed, most, step_tokens, pad_id, device)
+            else:
+                share = group[rank * accumulation : (rank + 1) * accumulation]
+                rank_loss = _accumulate_gradients(model, share, step_tokens, pad_id, device)
             step_loss = distributed.all_reduce_sum([rank_loss])[0]
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
@@ -701,7 +847,10 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             progress.position = 0
     bar.close()
 
-    val_loss = _validation_loss(peft_model, val_examples, config.micro_batch_size, pad_id, device)
+    if config.fused:
+        val_loss = _packed_validation_loss(model, val_examples, token_budget, pad_id, device)
+    else:
+        val_loss = _validation_loss(peft_model, val_examples, config.micro_batch_size, pad_id, device)
     tracker.log_metrics({"val_loss": val_loss}, step=progress.step)
     runtime = time.perf_counter() - started
     if last_saved != progress.step:

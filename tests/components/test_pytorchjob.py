@@ -696,3 +696,11 @@ def test_failure_message_carries_everything() -> None:
         "  b",
     ]
     assert json.dumps(error.log_tail) == '["a", "b"]'
+
+
+def test_api_timeout_has_a_form_the_kubernetes_client_honours() -> None:
+    # kubernetes' RESTClientObject applies an int or a (connect, read) pair and silently drops a float.
+    from components.train.pytorchjob import API_TIMEOUT_S
+
+    assert isinstance(API_TIMEOUT_S, tuple) and len(API_TIMEOUT_S) == 2
+    assert all(isinstance(seconds, int) and seconds > 0 for seconds in API_TIMEOUT_S)

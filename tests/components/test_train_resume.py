@@ -30,17 +30,21 @@ class Crash(RuntimeError):
 
 def crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """Make the `step`-th optimizer step of the next training fail, as a killed pod would."""
-    original = train_module._accumulate_gradients
     calls = 0
 
-    def accumulate(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        if calls == step:
-            raise Crash(f"injected crash at step {step}")
-        return original(*args, **kwargs)
+    def crashing(original):
+        def accumulate(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == step:
+                raise Crash(f"injected crash at step {step}")
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_accumulate_gradients", accumulate)
+        return accumulate
+
+    # One of the two runs each step: packed (fused, the default) or padded micro batches.
+    for name in ("_accumulate_packed", "_accumulate_gradients"):
+        monkeypatch.setattr(train_module, name, crashing(getattr(train_module, name)))
 
 
 def run_config(base: str, data: str, output: Path | str, **overrides) -> TrainConfig:
