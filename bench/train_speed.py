@@ -65,6 +65,7 @@ class Row:
     micro_batch: int  # sequences per micro batch (llmft: token budget = micro_batch x SEQ)
     checkpointing: bool
     data: str = "fixed"  # fixed: random tokens, SEQ long | dataset: long-tailed instruction examples
+    gpus: int = 1  # llmft only: >1 runs the row under torchrun, data parallel (DDP), as train() does
 
 
 ROWS = [
@@ -82,6 +83,8 @@ ROWS = [
     Row("llmft", "llama-3.2-1b", 16, False),
     Row("peft", "llama-3.2-1b", 8, False, "dataset"),
     Row("llmft", "llama-3.2-1b", 8, False, "dataset"),
+    Row("llmft", "llama-3.1-8b", 4, False, gpus=2),
+    Row("llmft", "llama-3.2-1b", 8, False, gpus=2),
 ]
 
 
@@ -141,6 +144,7 @@ def padded_size(examples: list, micro_batch: int) -> int:
 def run_row(row: Row, steps: int, warmup: int, profile_dir: Path | None) -> dict:
     import torch
 
+    from components.train import distributed
     from components.train import train as train_loop
     from components.train.acceleration import use_liger_kernels
     from components.train.data import collate
@@ -148,7 +152,7 @@ def run_row(row: Row, steps: int, warmup: int, profile_dir: Path | None) -> dict
     from components.train.fused_loss import PackedCausalLM
     from components.train.packing import pack, register_packed_attention
 
-    device = torch.device("cuda")
+    device = distributed.setup(torch.device("cuda"))  # under torchrun: this rank's GPU, NCCL joined
     if row.stack == "liger":
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
@@ -159,12 +163,12 @@ def run_row(row: Row, steps: int, warmup: int, profile_dir: Path | None) -> dict
     if row.stack == "llmft":
         fuse_lora_layers(peft_model)
         use_liger_kernels(peft_model.get_base_model())  # as train() does on a GPU
-        model = PackedCausalLM(peft_model)
+        model = distributed.wrap(PackedCausalLM(peft_model), device, "ddp" if row.gpus > 1 else "none")
     model.train()
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=True)
     vocab = SHAPES[row.shape]["vocab_size"]
-    rng = random.Random(0)
+    rng = random.Random(distributed.rank())  # each rank its own data, like its share of a global batch
     global_batch = row.micro_batch if row.data == "fixed" else 64
 
     def make_step_examples():
@@ -173,7 +177,8 @@ def run_row(row: Row, steps: int, warmup: int, profile_dir: Path | None) -> dict
         return dataset_examples(global_batch, vocab, rng)
 
     def step(examples) -> float:
-        step_tokens = sum(example.response_tokens for example in examples)
+        # The whole step's tokens, all ranks' (their shares are equal in size here).
+        step_tokens = sum(example.response_tokens for example in examples) * distributed.world_size()
         if row.stack == "llmft":
             packed = pack(examples, row.micro_batch * SEQ)
             loss = train_loop._accumulate_packed(model, packed, len(packed), step_tokens, 0, device)
@@ -206,7 +211,7 @@ def run_row(row: Row, steps: int, warmup: int, profile_dir: Path | None) -> dict
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     timed = batches[warmup:]
-    tokens = sum(len(e.input_ids) for examples in timed for e in examples)
+    tokens = sum(len(e.input_ids) for examples in timed for e in examples) * distributed.world_size()
     # What the GPU computed: padded micro batches include their padding.
     computed = (
         tokens if row.stack == "llmft" else sum(padded_size(examples, row.micro_batch) for examples in timed)
@@ -247,18 +252,18 @@ def versions() -> dict[str, str]:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| stack | model shape | data | micro-batch | activation ckpt | tokens/s | peak GiB |",
-        "|---|---|---|---|---|---|---|",
+        "| stack | GPUs | model shape | data | micro-batch | activation ckpt | tokens/s | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
             lines.append(
-                f"| {r['stack']} | {r['shape']} | {r['data']} | {r['micro_batch']} | "
+                f"| {r['stack']} | {r.get('gpus', 1)} | {r['shape']} | {r['data']} | {r['micro_batch']} | "
                 f"{'yes' if r['checkpointing'] else 'no'} | failed: {r['error'][:80]} | |"
             )
             continue
         lines.append(
-            f"| {r['stack']} | {r['shape']} | {r['data']} | {r['micro_batch']} | "
+            f"| {r['stack']} | {r.get('gpus', 1)} | {r['shape']} | {r['data']} | {r['micro_batch']} | "
             f"{'yes' if r['checkpointing'] else 'no'} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.1f} |"
         )
     return "\n".join(lines)
@@ -276,9 +281,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.row is not None:
+        from components.train import distributed
+
         row = ROWS[args.row]
-        profile_dir = out if args.profile and row.stack == "llmft" else None
-        print("RESULT " + json.dumps(run_row(row, args.steps, args.warmup, profile_dir)), flush=True)
+        profile_dir = out if args.profile and row.stack == "llmft" and row.gpus == 1 else None
+        result = run_row(row, args.steps, args.warmup, profile_dir)
+        if distributed.is_main():
+            print("RESULT " + json.dumps(result), flush=True)
+        distributed.teardown()
         return
 
     import torch
@@ -286,8 +296,13 @@ def main() -> None:
     indexes = range(len(ROWS)) if args.rows == "all" else [int(i) for i in args.rows.split(",")]
     results = []
     for index in indexes:
+        gpus = ROWS[index].gpus
+        launcher = (
+            ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"] if gpus > 1 else []
+        )
         command = [
             sys.executable,
+            *launcher,
             __file__,
             "--row",
             str(index),

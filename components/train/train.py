@@ -743,9 +743,13 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         PackedCausalLM(peft_model) if config.fused else peft_model, device, sharding, dtype
     )
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    # The fused (single-kernel) AdamW where it exists: one launch for all adapter tensors.
+    # The fused (single-kernel) AdamW on GPUs: one launch for all adapter tensors. Not under FSDP,
+    # whose sharded parameters it has not been verified with here.
     optimizer = torch.optim.AdamW(
-        parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=device.type == "cuda"
+        parameters,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda" and sharding != "fsdp",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
     progress = Progress()

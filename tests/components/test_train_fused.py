@@ -206,3 +206,20 @@ def test_memory_plan_checkpoints_every_layer_when_even_that_is_too_much() -> Non
         **LLAMA_8B, tokens_per_micro_batch=65536, weight_bytes=LLAMA_8B_WEIGHT_BYTES, gpu_bytes=24 * 2**30
     )
     assert plan.checkpointed_layers == 32
+
+
+def test_every_rank_knows_how_many_micro_batches_the_busiest_rank_packs(monkeypatch) -> None:
+    """Under FSDP all ranks must run as many forwards: each computes the busiest rank's count itself."""
+    from components.train import distributed
+    from components.train import train as train_module
+
+    def example(length: int) -> EncodedExample:
+        return EncodedExample(input_ids=[1] * length, labels=[2] * length)
+
+    # Two ranks, one micro batch of two sequences each: rank 0's pair overflows the budget of 10.
+    group = [[example(8), example(8)], [example(3), example(3)]]
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for rank, expected in ((0, 2), (1, 1)):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        mine, most = train_module._packed_micro_batches(group, accumulation=1, token_budget=10)
+        assert len(mine) == expected and most == 2
