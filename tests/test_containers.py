@@ -338,3 +338,12 @@ def test_build_rejects_bad_input(tmp_path: Path) -> None:
         ["bash", str(BUILD_SH), "--dry-run"], capture_output=True, text=True, env=env, timeout=60, check=False
     )
     assert result.returncode != 0 and "REGISTRY" in result.stderr
+
+
+def test_trtllm_image_is_the_serving_compat_default() -> None:
+    """Engines are tied to the TRT-LLM version of the image that builds them: the trtllm image's
+    base and the version table's default release must be the same Triton release."""
+    from components.serving_compat import DEFAULT_TRITON_IMAGE
+
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile("trtllm"), re.MULTILINE)
+    assert base is not None and base.group(1) == DEFAULT_TRITON_IMAGE
