@@ -186,6 +186,11 @@ class Manifest:
     metadata: dict[str, Any]
 
     @property
+    def total_size(self) -> int:
+        """Bytes of all listed files."""
+        return sum(entry.size for entry in self.files)
+
+    @property
     def digest(self) -> str:
         """One sha256 over every file's path and hash: the directory's identity."""
         joined = "\n".join(f"{entry.path}:{entry.sha256}" for entry in self.files)
@@ -300,6 +305,56 @@ def localize_dir(uri: str, cache_root: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return local
+
+
+# Present in a directory while `download_dir` fills it: what is there is an interrupted copy, safe to clear.
+DOWNLOAD_MARKER = ".llmft-download"
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Manifest:
+    """Copy the complete directory at `uri` to exactly `local_dir`, each file checked against its sha256.
+
+    For readers that need the files at a fixed path (a Triton repository whose engine is opened by
+    absolute path), where `localize_dir`'s digest-named cache will not do. The manifest is written last,
+    so an interrupted copy never looks complete. While copying, `DOWNLOAD_MARKER` marks the directory as
+    ours: a rerun (an init container restarted after a crash) clears what the interrupted copy left and
+    starts over. A directory that already holds this manifest's files is left as it is; any other
+    non-empty directory is refused, so a mistyped target is never wiped.
+    """
+    manifest = require_complete(uri)  # refuses a source without a manifest, or with files missing
+    target = Path(local_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    marker = target / DOWNLOAD_MARKER
+    if (target / MANIFEST_NAME).is_file() and not marker.exists():
+        present = Manifest.from_json((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+        if present.digest == manifest.digest:
+            require_complete(str(target))
+            log.info("%s already holds %s (digest %s)", target, uri, manifest.digest)
+            return manifest
+    leftovers = list(target.iterdir())
+    if leftovers and not marker.exists():
+        raise FileExistsError(
+            f"{target} is not empty and holds neither this repository nor an interrupted copy (no "
+            f"{DOWNLOAD_MARKER}): refusing to overwrite its {len(leftovers)} entries with {uri}"
+        )
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path != marker:
+            path.unlink()
+    marker.write_text(f"copying {uri}\n", encoding="utf-8")
+    for entry in manifest.files:
+        download_file(join(uri, entry.path), target / entry.path)
+        if sha256_file(target / entry.path) != entry.sha256:
+            raise IncompleteDirectoryError(
+                f"{join(uri, entry.path)} does not match its sha256 in the manifest"
+            )
+    (target / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    marker.unlink()  # after the manifest: a crash in between leaves the marker, and a rerun redoes the copy
+    log.info(
+        "copied %d files (%d bytes) from %s to %s", len(manifest.files), manifest.total_size, uri, target
+    )
+    return manifest
 
 
 def localize_file(uri: str, cache_root: str | Path | None = None) -> Path:

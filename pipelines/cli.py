@@ -105,7 +105,8 @@ def _add_config_fields(parser: argparse.ArgumentParser, model: type[BaseModel], 
         default = (
             "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)}"
         )
-        options["help"] = f"{field.description or ''} ({default})"
+        # argparse formats help with %: a literal one in a description ("80%") must be doubled.
+        options["help"] = f"{field.description or ''} ({default})".replace("%", "%%")
         parser.add_argument(_flag(f"{prefix}{name}"), **options)
 
 

@@ -197,7 +197,13 @@ def build_pipeline(
         # The Triton pods (kubernetes rollout target): the build's GPU pool, cut to the engine's GPUs at
         # run time; and the image for hf repositories (the trtllm image: tritonserver + transformers).
         server_placement = json.dumps(
-            {"profile": profiles.build.model_dump(mode="json"), "default_image": images.for_family("trtllm")},
+            {
+                "profile": profiles.build.model_dump(mode="json"),
+                "default_image": images.for_family("trtllm"),
+                # The init container that copies engine repositories into the pod (images.yaml
+                # is not in the installed package, so the image is fixed at compile time).
+                "fetch_image": images.for_family("base"),
+            },
             sort_keys=True,
         )
         tracking = {

@@ -1,9 +1,11 @@
 """The `kubernetes` rollout target: apply a new revision, wait for it, smoke-test it, promote it, or undo it.
 
 The flow (`rollout_kubernetes`):
-1. Read the repository's manifest, resolve the image and the pods' profile, and refuse an engine that
-   cannot run there (`components.serving_compat.check_serving_compat`: TRT-LLM version of the image,
-   GPU architecture of the node pool) before anything is applied.
+1. Read the repository's manifest, resolve the image, the pods' profile and where the repository must
+   sit in the pods (an engine's model_repository_path: copied there from S3 by an init container, or a
+   PVC mounted there), and refuse an engine that cannot run there
+   (`components.serving_compat.check_serving_compat`: TRT-LLM version of the image, GPU architecture
+   of the node pool) before anything is applied.
 2. Mark the model version `candidate` in the MLflow registry (promotion.py).
 3. Apply the Service, the Deployment and the optional HPA (manifests.py) as one *revision*: a hash of
    all three. Each object carries what was applied (`llmft.io/last-applied`) and what it replaced
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components import storage
-from components.images import load_images
+from components.images import ImagesConfigError, load_images
 from components.rollout.cluster_api import (
     DEPLOYMENTS,
     HPAS,
@@ -53,12 +55,15 @@ from components.rollout.manifests import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     ManifestError,
+    RepositoryFetch,
     ServingPlan,
     build_manifests,
     gpu_product_of,
     manifests_yaml,
+    pinned_repository_path,
     pod_profile,
     release_name,
+    repository_volume_size,
     revision_of,
     triton_repository_url,
 )
@@ -85,6 +90,8 @@ SMOKE_READY_TIMEOUT_S = 60.0  # Service endpoints can lag the Deployment status 
 LOG_TAIL_LINES = 30
 LOG_LIMIT_BYTES = 64 * 1024
 MAX_POD_REPORTS = 5
+# Waiting reasons that are no problem: a container being created, or one waiting for init containers.
+STARTING_REASONS = (None, "ContainerCreating", "PodInitializing")
 
 
 class KubernetesRolloutError(RuntimeError):
@@ -191,10 +198,17 @@ def pod_report(pod: dict[str, Any]) -> tuple[list[str], str | None]:
             why = condition.get("message") or condition.get("reason")
             problems.append(f"pod {name} unschedulable: {why}")
     crashed = None
-    for container in status.get("containerStatuses") or []:
+    # Init containers too (the one fetching the repository fails before tritonserver ever starts), except
+    # those that finished as they should.
+    statuses = [
+        container
+        for container in status.get("initContainerStatuses") or []
+        if ((container.get("state") or {}).get("terminated") or {}).get("exitCode") != 0
+    ] + (status.get("containerStatuses") or [])
+    for container in statuses:
         state = container.get("state") or {}
         last = (container.get("lastState") or {}).get("terminated")
-        if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating"):
+        if "waiting" in state and state["waiting"].get("reason") not in STARTING_REASONS:
             waiting = state["waiting"]
             problems.append(
                 f"pod {name} container {container.get('name')}: {waiting.get('reason')}: "
@@ -215,14 +229,24 @@ def pod_report(pod: dict[str, Any]) -> tuple[list[str], str | None]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def plan_rollout(config: RolloutConfig, metadata: dict[str, Any], digest: str) -> ServingPlan:
-    """Resolve the settings against the repository, and refuse an engine the image or GPUs cannot run."""
-    settings = config.kubernetes
+def plan_rollout(config: RolloutConfig, manifest: storage.Manifest) -> ServingPlan:
+    """Resolve the settings against the repository (its manifest), and refuse an engine the image or GPUs
+    cannot run."""
+    settings, metadata = config.kubernetes, manifest.metadata
     try:
         profile = pod_profile(settings, metadata)
-        triton_repository = triton_repository_url(config.repository, settings)
+        repository_path = pinned_repository_path(metadata)
+        triton_repository = triton_repository_url(config.repository, settings, repository_path)
     except ManifestError as error:
         raise KubernetesRolloutError(str(error)) from error
+    fetch = None
+    if repository_path and not settings.pvc_claim:
+        fetch = RepositoryFetch(
+            source=config.repository,
+            path=repository_path,
+            image=settings.fetch_image or _base_image(),
+            size_limit=repository_volume_size(manifest.total_size),
+        )
     image = (
         settings.image
         or metadata.get("triton_image")
@@ -243,9 +267,21 @@ def plan_rollout(config: RolloutConfig, metadata: dict[str, Any], digest: str) -
         image=str(image),
         model_name=config.model_name,
         repository=config.repository,
-        repository_digest=digest,
+        repository_digest=manifest.digest,
         triton_repository=triton_repository,
+        repository_path=repository_path,
+        fetch=fetch,
     )
+
+
+def _base_image() -> str:
+    try:
+        return load_images().for_family("base")
+    except ImagesConfigError as error:
+        raise KubernetesRolloutError(
+            f"the repository is copied into the Triton pods by an init container, whose image is "
+            f"kubernetes.fetch_image, else the base image of the images file: {error}"
+        ) from error
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,7 +486,7 @@ def rollout_kubernetes(
     from components.rollout.rollout import RolloutResult
 
     manifest = storage.require_complete(config.repository)  # refuses a half-written repository
-    plan = plan_rollout(config, manifest.metadata, manifest.digest)
+    plan = plan_rollout(config, manifest)
     objects = build_manifests(plan)
     revision = revision_of(objects)
     http_url, grpc_url = service_urls(plan)

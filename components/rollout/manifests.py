@@ -16,6 +16,13 @@ Why the Deployment looks the way it does:
   new revision that never becomes ready costs no capacity (maxSurge 1 needs room for one more pod).
 - The model repository is read by Triton itself from s3:// (credentials as env vars from a Secret,
   through secretKeyRef; or the pod's IAM role) or from a PersistentVolumeClaim mounted read-only.
+- Except where the repository's models open files by absolute path (`trtllm-engine`: the tensorrtllm
+  backend's gpt_model_path lies under the build's `model_repository_path`): Triton would download an
+  s3:// repository to a temporary directory where that path does not exist. Such a repository is put at
+  exactly `model_repository_path`: copied from S3 by an init container (the llmft base image,
+  fetch_repository.py, checked against the manifest) into an emptyDir mounted there in both containers,
+  or a PVC's `pvc_path` mounted there (subPath). tritonserver then reads that local path, and gets no S3
+  credentials: only the init container reads S3.
 - GPUs, EFA, /dev/shm (the python backend and NCCL exchange tensors through it), tolerations, node
   selector, pull secrets, priority class and service account come from the pods' `ResourceProfile`
   through `components.resources.apply_to_pod_spec`, the same code PyTorchJob workers use.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,12 +46,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from components import storage
 from components.resources import (
+    SHM_MOUNT_PATH,
     ResourceProfile,
     apply_to_pod_spec,
     cpu_cores,
     memory_bytes,
     preset_profiles,
 )
+from components.serving_compat import ENGINE_MODE
 
 CONTAINER_NAME = "tritonserver"
 HTTP_PORT = 8000
@@ -51,6 +61,13 @@ GRPC_PORT = 8001
 METRICS_PORT = 8002
 MODELS_VOLUME = "model-repository"
 MODELS_MOUNT = "/models"
+FETCH_CONTAINER_NAME = "fetch-repository"
+FETCH_MODULE = "components.rollout.fetch_repository"
+# The metadata key build writes when the repository's models open files by absolute path under it.
+REPOSITORY_PATH_KEY = "model_repository_path"
+# Room in the emptyDir beyond the repository's files: filesystem blocks, the manifest, a boto3 temp file.
+FETCH_MARGIN_FRACTION = Decimal("0.1")
+FETCH_MARGIN_BYTES = 2**30
 TRITON_UID = 1000  # the triton-server user of NGC tritonserver images, and the uid of llmft's images
 
 MANAGED_BY = "llmft"
@@ -141,10 +158,17 @@ class KubernetesSettings(BaseModel):
     )
     pvc_claim: str | None = Field(
         default=None,
-        description="Serve the repository from this PersistentVolumeClaim (mounted read-only at /models) "
-        "instead of S3; `repository` is then where this step reads the repository's manifest.",
+        description="Serve the repository from this PersistentVolumeClaim (mounted read-only at /models; a "
+        "trtllm-engine repository's pvc_path at its model_repository_path) instead of S3; `repository` is "
+        "then where this step reads the repository's manifest.",
     )
     pvc_path: str = Field(default="", description="Path of the repository inside the claim.")
+    fetch_image: str | None = Field(
+        default=None,
+        description="Image of the init container that copies a trtllm-engine repository from S3 to its "
+        "model_repository_path in the pod (it runs python -m components.rollout.fetch_repository); "
+        "default: the base image of containers/images.yaml.",
+    )
     pod_annotations: dict[str, str] = Field(
         default_factory=dict, description="Extra annotations on the Triton pods (e.g. for a service mesh)."
     )
@@ -155,7 +179,10 @@ class KubernetesSettings(BaseModel):
         default=0, ge=0, description="Above 0: a HorizontalPodAutoscaler scales replicas up to this many."
     )
     autoscale_cpu_utilization: int = Field(
-        default=80, ge=1, le=100, description="HPA target: average CPU utilization (% of the CPU request)."
+        default=80,
+        ge=1,
+        le=100,
+        description="HPA target: average CPU utilization, in percent of the CPU request.",
     )
     autoscale_pods_metric: str | None = Field(
         default=None,
@@ -246,6 +273,16 @@ class KubernetesSettings(BaseModel):
 
 
 @dataclass(frozen=True)
+class RepositoryFetch:
+    """The init container that copies an S3 repository to its pinned path in the pod (an emptyDir)."""
+
+    source: str  # the s3:// repository
+    path: str  # where it goes: the repository's model_repository_path
+    image: str  # the llmft base image (fetch_repository.py, boto3)
+    size_limit: str  # the emptyDir's sizeLimit, from the manifest's file sizes (`repository_volume_size`)
+
+
+@dataclass(frozen=True)
 class ServingPlan:
     """`KubernetesSettings` resolved against one model repository: everything the manifests say."""
 
@@ -257,6 +294,10 @@ class ServingPlan:
     repository: str  # where the step read the repository (its manifest)
     repository_digest: str
     triton_repository: str  # what tritonserver's --model-repository gets
+    # Where the repository must sit in the tritonserver container (its models open files by absolute
+    # path, see `pinned_repository_path`); None: Triton may read it from anywhere.
+    repository_path: str | None = None
+    fetch: RepositoryFetch | None = None  # set: an init container copies the repository from S3 first
 
     @property
     def namespace(self) -> str:
@@ -378,15 +419,59 @@ def gpu_product_of(profile: ResourceProfile) -> str | None:
     return profile.effective_node_selector().get(profile.gpu_product_label)
 
 
-def triton_repository_url(repository: str, settings: KubernetesSettings) -> str:
-    """What tritonserver's --model-repository gets: the PVC mount, s3://bucket/path or s3://endpoint/bucket/path."""
+def pinned_repository_path(metadata: Mapping[str, Any]) -> str | None:
+    """Where the repository must sit in the tritonserver container, or None when anywhere will do.
+
+    Build records `model_repository_path` for repositories whose models open files by absolute path
+    (trtllm-engine: the engine at `<model_repository_path>/tensorrt_llm/1/engine`). The hf and
+    trtllm-llmapi models resolve their files relative to their version directory and record none.
+    """
+    path = metadata.get(REPOSITORY_PATH_KEY)
+    if path is None:
+        if metadata.get("serving_mode") == ENGINE_MODE:
+            raise ManifestError(
+                f"the repository's metadata (serving_mode {ENGINE_MODE}) has no {REPOSITORY_PATH_KEY}: its "
+                "tensorrt_llm model opens the engine by an absolute path this step cannot know; rebuild it "
+                "with this llmft's build step"
+            )
+        return None
+    if not isinstance(path, str) or not path.startswith("/") or posixpath.normpath(path) != path:
+        raise ManifestError(
+            f"repository metadata {REPOSITORY_PATH_KEY}={path!r} is not a normalized absolute path"
+        )
+    # Kubernetes refuses ':' in a mountPath; "/" would hide the image; the profile mounts /dev/shm.
+    overlaps_shm = path == SHM_MOUNT_PATH or path.startswith(SHM_MOUNT_PATH + "/")
+    if ":" in path or path == "/" or overlaps_shm or SHM_MOUNT_PATH.startswith(path + "/"):
+        raise ManifestError(
+            f"repository metadata {REPOSITORY_PATH_KEY}={path!r} cannot be a mount point in the Triton pod "
+            f"(not '/', not {SHM_MOUNT_PATH} or a directory above or below it, no ':'); rebuild with another "
+            "build triton.model_repository_path"
+        )
+    return path
+
+
+def repository_volume_size(repository_bytes: int) -> str:
+    """sizeLimit of the emptyDir an engine repository is copied into: its files plus a margin, in Mi."""
+    size = repository_bytes + int(repository_bytes * FETCH_MARGIN_FRACTION) + FETCH_MARGIN_BYTES
+    return f"{math.ceil(size / 2**20)}Mi"
+
+
+def triton_repository_url(
+    repository: str, settings: KubernetesSettings, pinned_path: str | None = None
+) -> str:
+    """What tritonserver's --model-repository gets: `pinned_path` (see `pinned_repository_path`) when the
+    repository must sit there, else the PVC mount, s3://bucket/path or s3://endpoint/bucket/path."""
     if settings.pvc_claim:
+        if pinned_path:
+            return pinned_path
         return f"{MODELS_MOUNT}/{settings.pvc_path}".rstrip("/") if settings.pvc_path else MODELS_MOUNT
     if not storage.is_s3(repository):
         raise ManifestError(
             f"repository {repository!r} is not on s3://: Triton pods cannot read a path on this machine; "
             "publish it to s3:// or set kubernetes.pvc_claim to a claim holding it"
         )
+    if pinned_path:
+        return pinned_path  # the init container copies it there
     bucket, key = storage.split_s3(repository)
     path = f"{bucket}/{key}".rstrip("/")
     return f"s3://{settings.s3_endpoint}/{path}" if settings.s3_endpoint else f"s3://{path}"
@@ -410,11 +495,10 @@ def _metadata(plan: ServingPlan, name: str) -> dict[str, Any]:
     }
 
 
-def _env(plan: ServingPlan) -> list[dict[str, Any]]:
-    settings = plan.settings
+def _s3_env(settings: KubernetesSettings, endpoint_variable: bool) -> list[dict[str, Any]]:
+    """S3 access for the container that reads the repository from S3. Triton takes an S3-compatible
+    endpoint in its s3:// URL; boto3 (the init container) takes it from AWS_ENDPOINT_URL_S3."""
     env: list[dict[str, Any]] = []
-    if settings.pvc_claim:
-        return env
     if settings.s3_credentials_secret:
         # Credentials only as references: the manifest (and anything that prints it) never holds one.
         for variable, optional in (
@@ -428,6 +512,8 @@ def _env(plan: ServingPlan) -> list[dict[str, Any]]:
             env.append({"name": variable, "valueFrom": {"secretKeyRef": reference}})
     if settings.s3_region:
         env.append({"name": "AWS_DEFAULT_REGION", "value": settings.s3_region})
+    if endpoint_variable and settings.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint})
     return env
 
 
@@ -454,8 +540,50 @@ def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": TRITON_UID,
+    }
+
+
+def fetch_container(
+    fetch: RepositoryFetch, settings: KubernetesSettings, triton_resources: Mapping[str, Mapping[str, str]]
+) -> dict[str, Any]:
+    """The init container copying the repository from S3 to `fetch.path` (fetch_repository.py).
+
+    It takes tritonserver's CPU and memory (the pod's effective request is the larger of the two, so this
+    changes neither scheduling nor the pod's QoS class) and requests the emptyDir's size of ephemeral
+    storage, so the pod lands on a node with room for the copy instead of being evicted halfway through.
+    """
+    requests = {
+        key: value for key, value in triton_resources.get("requests", {}).items() if key in ("cpu", "memory")
+    }
+    limits = {
+        key: value for key, value in triton_resources.get("limits", {}).items() if key in ("cpu", "memory")
+    }
+    resources: dict[str, Any] = {"requests": {**requests, "ephemeral-storage": fetch.size_limit}}
+    if limits:
+        resources["limits"] = limits
+    container: dict[str, Any] = {
+        "name": FETCH_CONTAINER_NAME,
+        "image": fetch.image,
+        "command": ["python", "-m", FETCH_MODULE, fetch.source, fetch.path],
+        "resources": resources,
+        "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": fetch.path}],
+        "securityContext": _security_context(),
+    }
+    env = _s3_env(settings, endpoint_variable=True)
+    if env:
+        container["env"] = env
+    return container
+
+
 def pod_spec(plan: ServingPlan) -> dict[str, Any]:
-    """The Triton pod: one tritonserver container, with the profile applied."""
+    """The Triton pod: the tritonserver container (after the fetch init container, for a repository it
+    copies from S3), with the profile applied."""
     startup_failures = math.ceil(plan.settings.model_load_timeout_s / STARTUP_PERIOD_S)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -470,14 +598,11 @@ def pod_spec(plan: ServingPlan) -> dict[str, Any]:
         "startupProbe": _probe("/v2/health/ready", STARTUP_PERIOD_S, startup_failures),
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 6),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": TRITON_UID,
-        },
+        "securityContext": _security_context(),
     }
-    env = _env(plan)
+    settings = plan.settings
+    # Only a tritonserver that reads s3:// itself gets S3 access.
+    env = [] if settings.pvc_claim or plan.fetch else _s3_env(settings, endpoint_variable=False)
     if env:
         container["env"] = env
     spec: dict[str, Any] = {
@@ -486,15 +611,26 @@ def pod_spec(plan: ServingPlan) -> dict[str, Any]:
         "terminationGracePeriodSeconds": 90,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
-    if plan.settings.pvc_claim:
+    if settings.pvc_claim:
         spec["volumes"] = [
             {
                 "name": MODELS_VOLUME,
-                "persistentVolumeClaim": {"claimName": plan.settings.pvc_claim, "readOnly": True},
+                "persistentVolumeClaim": {"claimName": settings.pvc_claim, "readOnly": True},
             }
         ]
-        container["volumeMounts"] = [{"name": MODELS_VOLUME, "mountPath": MODELS_MOUNT, "readOnly": True}]
-    return apply_to_pod_spec(spec, plan.profile, containers=[CONTAINER_NAME])
+        mount = {"name": MODELS_VOLUME, "mountPath": plan.repository_path or MODELS_MOUNT, "readOnly": True}
+        if plan.repository_path and settings.pvc_path:
+            # The repository itself, not the claim's root, must be at repository_path.
+            mount["subPath"] = settings.pvc_path
+        container["volumeMounts"] = [mount]
+    elif plan.fetch:
+        spec["volumes"] = [{"name": MODELS_VOLUME, "emptyDir": {"sizeLimit": plan.fetch.size_limit}}]
+        container["volumeMounts"] = [{"name": MODELS_VOLUME, "mountPath": plan.fetch.path, "readOnly": True}]
+    spec = apply_to_pod_spec(spec, plan.profile, containers=[CONTAINER_NAME])
+    if plan.fetch:
+        resources = spec["containers"][0].get("resources", {})
+        spec["initContainers"] = [fetch_container(plan.fetch, settings, resources)]
+    return spec
 
 
 def build_deployment(plan: ServingPlan) -> dict[str, Any]:

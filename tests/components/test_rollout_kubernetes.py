@@ -499,7 +499,7 @@ async def test_retry_after_a_crash_mid_rollout_finishes_or_undoes_it(
     # evicted) before it could mark the Deployment as serving.
     update = make_config(served, registry, "2", replicas=2)
     manifest = storage.read_manifest(str(served.repository))
-    objects = build_manifests(plan_rollout(update, manifest.metadata, manifest.digest))
+    objects = build_manifests(plan_rollout(update, manifest))
     await asyncio.to_thread(apply_revision, KubeApi.from_environment(), objects, revision_of(objects), [])
     await asyncio.to_thread(ModelRegistry(registry.uri, registry.name, "2").promote, f"{NS}/{name}")
     assert registry.alias(PRODUCTION_ALIAS) == "2"

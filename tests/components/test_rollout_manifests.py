@@ -8,6 +8,9 @@ multi-document YAML without any cluster.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from components import storage
+from components.images import load_images
 from components.resources import EFA_RESOURCE, GPU_RESOURCE, ResourceProfile, preset_profiles
 from components.rollout.kubernetes_target import (
     KubernetesRolloutError,
@@ -45,7 +49,9 @@ from pipelines.cli import main
 
 K8S_VERSION = "1.30"  # the Kubernetes version the README states for schema checks
 S3_REPO = "s3://models/runs/42/build"
-DIGEST = "ab" * 32
+# Not build's default /models: the pod must follow what the repository's metadata says.
+ENGINE_REPOSITORY_PATH = "/srv/llm-repository"
+ENGINE_SIZE = 30 * 2**30  # the engine's bytes in the repository's manifest
 ENGINE = {
     "serving_mode": "trtllm-engine",
     "model_name": "llm",
@@ -59,8 +65,18 @@ ENGINE = {
     "max_num_tokens": 8192,
     "quantization": "none",
     "triton_image": "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3",
+    # What build records for trtllm-engine: config.pbtxt's gpt_model_path is this engine_path.
+    "model_repository_path": ENGINE_REPOSITORY_PATH,
+    "engine_path": f"{ENGINE_REPOSITORY_PATH}/tensorrt_llm/1/engine",
 }
 HF = {"serving_mode": "hf", "model_name": "llm"}
+# What build records for trtllm-llmapi: no model_repository_path, its model.py resolves the checkpoint
+# relative to its version directory.
+LLMAPI = {
+    **{key: value for key, value in ENGINE.items() if key not in ("model_repository_path", "engine_path")},
+    "serving_mode": "trtllm-llmapi",
+    "gpu_arch": "any",
+}
 HF_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/llmft-trtllm:0.1.0"
 
 
@@ -73,8 +89,22 @@ def config(**kubernetes: Any) -> RolloutConfig:
     )
 
 
+def manifest_of(metadata: dict[str, Any]) -> storage.Manifest:
+    """A repository manifest with `metadata`: an engine of ENGINE_SIZE bytes and a config."""
+    files = [
+        storage.FileEntry("tensorrt_llm/1/engine/rank0.engine", ENGINE_SIZE, "ab" * 32),
+        storage.FileEntry("tensorrt_llm/config.pbtxt", 2048, "cd" * 32),
+    ]
+    return storage.Manifest(
+        files=files, created_at="2025-01-01T00:00:00+00:00", producer="t", metadata=metadata
+    )
+
+
+DIGEST = manifest_of({}).digest
+
+
 def objects_for(metadata: dict[str, Any], **kubernetes: Any) -> list[dict[str, Any]]:
-    return build_manifests(plan_rollout(config(**kubernetes), metadata, DIGEST))
+    return build_manifests(plan_rollout(config(**kubernetes), manifest_of(metadata)))
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -86,22 +116,35 @@ def validate(obj: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "kubernetes",
+    ("metadata", "kubernetes"),
     [
-        {},
-        {"s3_credentials_secret": "s3-reader", "s3_region": "eu-west-1", "autoscale_max_replicas": 4},
-        {
-            "pvc_claim": "model-store",
-            "pvc_path": "runs/42/build",
-            "autoscale_max_replicas": 3,
-            "autoscale_pods_metric": "triton_queue_us",
-            "autoscale_pods_target": "50k",
-        },
+        (ENGINE, {}),
+        (
+            ENGINE,
+            {
+                "s3_credentials_secret": "s3-reader",
+                "s3_region": "eu-west-1",
+                "s3_endpoint": "https://minio.minio.svc:9000",
+                "autoscale_max_replicas": 4,
+            },
+        ),
+        (
+            ENGINE,
+            {
+                "pvc_claim": "model-store",
+                "pvc_path": "runs/42/build",
+                "autoscale_max_replicas": 3,
+                "autoscale_pods_metric": "triton_queue_us",
+                "autoscale_pods_target": "50k",
+            },
+        ),
+        (HF, {"s3_credentials_secret": "s3-reader", "s3_region": "eu-west-1"}),
+        (LLMAPI, {"pvc_claim": "model-store", "pvc_path": "runs/42/build"}),
     ],
-    ids=["s3-irsa", "s3-secret-hpa", "pvc-custom-metric"],
+    ids=["engine-s3-irsa", "engine-s3-secret-hpa", "engine-pvc-custom-metric", "hf-s3-secret", "llmapi-pvc"],
 )
-def test_manifests_pass_the_strict_schema(kubernetes: dict[str, Any]) -> None:
-    objects = objects_for(ENGINE, **kubernetes)
+def test_manifests_pass_the_strict_schema(metadata: dict[str, Any], kubernetes: dict[str, Any]) -> None:
+    objects = objects_for(metadata, **kubernetes)
     assert [obj["kind"] for obj in objects][:2] == ["Service", "Deployment"]
     for obj in objects:
         validate(obj)
@@ -139,7 +182,7 @@ def test_deployment_runs_tritonserver_with_probes_ports_and_labels() -> None:
     # The engine was built for TRT-LLM 1.2.1: the build's recorded image serves it.
     assert container["image"] == ENGINE["triton_image"]
     assert container["command"] == ["tritonserver"]
-    assert f"--model-repository={S3_REPO}" in container["args"]
+    assert f"--model-repository={ENGINE_REPOSITORY_PATH}" in container["args"]
     assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(container["args"])
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "http": 8000,
@@ -210,6 +253,206 @@ def test_pvc_repository_is_mounted_read_only() -> None:
     assert "env" not in container  # no S3, no credentials
 
 
+# --- repositories whose models open files by absolute path (trtllm-engine) ------------------------
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def test_engine_repository_from_s3_is_copied_to_its_path_by_an_init_container() -> None:
+    objects = objects_for(
+        ENGINE,
+        s3_credentials_secret="s3-reader",
+        s3_region="eu-west-1",
+        s3_endpoint="https://minio.minio.svc:9000",
+    )
+    pod = by_kind(objects)["Deployment"]["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    (triton,) = pod["containers"]
+    # One emptyDir holds the copy: the manifest's 30 GiB + 2 KiB, + 10% + 1 GiB, rounded up to Mi.
+    size_limit = f"{34 * 1024 + 1}Mi"
+    assert {"name": "model-repository", "emptyDir": {"sizeLimit": size_limit}} in pod["volumes"]
+    assert fetch["volumeMounts"] == [{"name": "model-repository", "mountPath": ENGINE_REPOSITORY_PATH}]
+    assert {"name": "model-repository", "mountPath": ENGINE_REPOSITORY_PATH, "readOnly": True} in triton[
+        "volumeMounts"
+    ]
+    # So the engine lies where config.pbtxt's gpt_model_path (the metadata's engine_path) says.
+    assert ENGINE["engine_path"].startswith(ENGINE_REPOSITORY_PATH + "/")
+    assert f"--model-repository={ENGINE_REPOSITORY_PATH}" in triton["args"]
+    assert not any("s3://" in arg for arg in triton["args"])
+
+    # The init container: llmft's base image running the fetch entry point on the repository.
+    assert fetch["image"] == load_images().for_family("base")
+    assert fetch["command"] == [
+        "python",
+        "-m",
+        "components.rollout.fetch_repository",
+        S3_REPO,
+        ENGINE_REPOSITORY_PATH,
+    ]
+    assert fetch["securityContext"]["runAsNonRoot"] is True
+    # S3 access only there, credentials only by reference; boto3 takes the endpoint from the environment.
+    env = env_of(fetch)
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert "value" not in env[variable]
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {
+            "name": "s3-reader",
+            "key": variable,
+            **({"optional": True} if variable == "AWS_SESSION_TOKEN" else {}),
+        }
+    assert env["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "https://minio.minio.svc:9000"
+    # tritonserver reads a local directory: it gets no S3 access at all.
+    assert not [name for name in env_of(triton) if name.startswith("AWS_")]
+
+    # Room for the copy is requested; CPU and memory are tritonserver's (same scheduling, same QoS class),
+    # and the GPUs stay with tritonserver.
+    fetch_resources, triton_resources = fetch["resources"], triton["resources"]
+    assert fetch_resources["requests"] == {
+        "cpu": triton_resources["requests"]["cpu"],
+        "memory": triton_resources["requests"]["memory"],
+        "ephemeral-storage": size_limit,
+    }
+    assert fetch_resources["limits"] == {"memory": triton_resources["limits"]["memory"]}
+    assert triton_resources["limits"][GPU_RESOURCE] == "2"
+
+
+def test_engine_repository_path_follows_the_metadata_and_the_default_fetch_image_can_be_replaced() -> None:
+    metadata = {**ENGINE, "model_repository_path": "/models", "engine_path": "/models/tensorrt_llm/1/engine"}
+    pod = by_kind(objects_for(metadata, fetch_image="registry.example/llmft-base:9"))["Deployment"]
+    spec = pod["spec"]["template"]["spec"]
+    assert spec["initContainers"][0]["image"] == "registry.example/llmft-base:9"
+    assert spec["initContainers"][0]["command"][-1] == "/models"
+    assert "--model-repository=/models" in spec["containers"][0]["args"]
+    # IRSA (no Secret): no credentials anywhere, the pod's service account reads S3.
+    assert "env" not in spec["initContainers"][0]
+
+
+@pytest.mark.parametrize(
+    ("pvc_path", "sub_path"), [("runs/42/build", {"subPath": "runs/42/build"}), ("", {})]
+)
+def test_engine_repository_on_a_pvc_is_mounted_at_its_path(pvc_path: str, sub_path: dict[str, str]) -> None:
+    objects = objects_for(ENGINE, pvc_claim="model-store", pvc_path=pvc_path)
+    pod = by_kind(objects)["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "initContainers" not in pod
+    assert {
+        "name": "model-repository",
+        "persistentVolumeClaim": {"claimName": "model-store", "readOnly": True},
+    } in pod["volumes"]
+    # The repository itself (the claim's pvc_path), not the claim's root, is at model_repository_path.
+    mount = {"name": "model-repository", "mountPath": ENGINE_REPOSITORY_PATH, "readOnly": True, **sub_path}
+    assert mount in container["volumeMounts"]
+    assert f"--model-repository={ENGINE_REPOSITORY_PATH}" in container["args"]
+    assert not [name for name in env_of(container) if name.startswith("AWS_")]
+
+
+@pytest.mark.parametrize("metadata", [HF, LLMAPI], ids=["hf", "trtllm-llmapi"])
+def test_repositories_with_relative_paths_are_read_by_triton_from_s3(metadata: dict[str, Any]) -> None:
+    pod = by_kind(objects_for(metadata, s3_credentials_secret="s3-reader"))["Deployment"]
+    spec = pod["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "initContainers" not in spec
+    assert f"--model-repository={S3_REPO}" in container["args"]
+    assert env_of(container)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-reader"
+    assert "model-repository" not in {volume["name"] for volume in spec.get("volumes", [])}
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        (None, "has no model_repository_path"),
+        ("models", "not a normalized absolute path"),
+        ("/models/../etc", "not a normalized absolute path"),
+        ("/", "cannot be a mount point"),
+        ("/dev/shm/models", "cannot be a mount point"),
+        ("/dev", "cannot be a mount point"),
+        ("/models:1", "cannot be a mount point"),
+    ],
+)
+def test_engine_repository_paths_that_cannot_be_mounted_are_refused(path: str | None, message: str) -> None:
+    metadata = {key: value for key, value in ENGINE.items() if key != "model_repository_path"}
+    if path is not None:
+        metadata["model_repository_path"] = path
+    for kubernetes in ({}, {"pvc_claim": "model-store"}):
+        with pytest.raises(KubernetesRolloutError, match=message):
+            objects_for(metadata, **kubernetes)
+
+
+def test_engine_repository_from_s3_lands_where_gpt_model_path_points(
+    s3_bucket, tiny_base_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run the init container's command as the Deployment says, on a repository as build writes it."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from components.build.build import BuildConfig, build
+
+    served_at = tmp_path / "pod" / "models"  # the emptyDir, mounted at model_repository_path
+    staging = tmp_path / "build"
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # a dry run: everything but the engine
+    build(
+        BuildConfig(
+            model=tiny_base_model,
+            output=str(staging),
+            serving_mode="trtllm-engine",
+            dry_run=True,
+            triton={"model_repository_path": str(served_at)},
+        )
+    )
+    metadata = storage.read_manifest(str(staging)).metadata
+    # A stand-in for the engine llm.save writes, and the metadata of a real (not dry-run) H100 build.
+    engine = staging / "tensorrt_llm" / "1" / "engine"
+    engine.mkdir(parents=True)
+    (engine / "rank0.engine").write_bytes(os.urandom(4096))
+    (engine / "config.json").write_text('{"version": "1.2.1"}\n', encoding="utf-8")
+    metadata.update(dry_run=False, gpu_arch="sm90")
+    uri = s3_bucket.uri("runs/42/build")
+    storage.publish_dir(staging, uri, "llmft.build", metadata)
+
+    settings = KubernetesSettings(profile=preset_profiles("p5").build, s3_credentials_secret="s3-reader")
+    rollout_config = RolloutConfig(repository=uri, target="kubernetes", kubernetes=settings)
+    plan = plan_rollout(rollout_config, storage.require_complete(uri))
+    pod = by_kind(build_manifests(plan))["Deployment"]["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    assert (
+        fetch["volumeMounts"][0]["mountPath"]
+        == str(served_at)
+        == pod["containers"][0]["volumeMounts"][0]["mountPath"]
+    )
+    # The pod gets these from the Secret; here the test's environment points boto3 at the moto server.
+    command = [sys.executable if word == "python" else word for word in fetch["command"]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+    config_text = (served_at / "tensorrt_llm" / "config.pbtxt").read_text(encoding="utf-8")
+    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    gpt_model_path = Path(config.parameters["gpt_model_path"].string_value)
+    assert gpt_model_path == served_at / "tensorrt_llm" / "1" / "engine" == Path(metadata["engine_path"])
+    assert (gpt_model_path / "rank0.engine").read_bytes() == (engine / "rank0.engine").read_bytes()
+    for path in staging.rglob("*"):
+        if path.is_file() and path.name != storage.MANIFEST_NAME:
+            assert (served_at / path.relative_to(staging)).read_bytes() == path.read_bytes()
+    assert storage.require_complete(str(served_at)).digest == plan.repository_digest
+
+
+def test_fetch_entry_point_refuses_a_repository_without_manifest(s3_bucket, tmp_path: Path) -> None:
+    storage.write_text(s3_bucket.uri("half/tensorrt_llm/config.pbtxt"), 'backend: "tensorrtllm"\n')
+    target = tmp_path / "models"
+    command = [
+        sys.executable,
+        "-m",
+        "components.rollout.fetch_repository",
+        s3_bucket.uri("half"),
+        str(target),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert "cannot fetch the model repository" in done.stderr and "has no _MANIFEST.json" in done.stderr
+    assert not target.exists()
+
+
 def test_hpa_owns_the_replica_count() -> None:
     objects = by_kind(objects_for(HF, replicas=2, autoscale_max_replicas=6))
     hpa, deployment = objects["HorizontalPodAutoscaler"], objects["Deployment"]
@@ -267,7 +510,7 @@ def test_incompatible_or_inconsistent_settings_are_refused(
 
 def test_local_repository_needs_a_claim() -> None:
     with pytest.raises(KubernetesRolloutError, match="not on s3://"):
-        plan_rollout(config().model_copy(update={"repository": "/data/build"}), HF, DIGEST)
+        plan_rollout(config().model_copy(update={"repository": "/data/build"}), manifest_of(HF))
 
 
 @pytest.mark.parametrize(
@@ -378,6 +621,52 @@ def test_progress_deadline_and_pod_reports() -> None:
     assert any("exited with code 1" in line for line in problems)
 
 
+def test_pod_report_names_a_failed_repository_fetch() -> None:
+    fetch_failed = {
+        "metadata": {"name": "p"},
+        "status": {
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-repository",
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": "tritonserver",
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "PodInitializing"}},
+                }
+            ],
+        },
+    }
+    problems, crashed = pod_report(fetch_failed)
+    assert crashed == "fetch-repository"  # its log tail ends the failure message
+    assert any("fetch-repository exited with code 1" in line for line in problems)
+    assert not any("PodInitializing" in line for line in problems)  # waiting for it is no problem
+    # A fetch that finished is no problem either: the report is about tritonserver.
+    fetched = {
+        "metadata": {"name": "p"},
+        "status": {
+            "initContainerStatuses": [
+                {"name": "fetch-repository", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+            ],
+            "containerStatuses": [
+                {
+                    "name": "tritonserver",
+                    "restartCount": 1,
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            ],
+        },
+    }
+    problems, crashed = pod_report(fetched)
+    assert crashed == "tritonserver" and not any("fetch-repository" in line for line in problems)
+
+
 # --- dry run: the CLI prints the manifests and touches nothing ------------------------------------
 
 
@@ -429,8 +718,7 @@ def test_cli_dry_run_prints_every_manifest(
                 default_image=HF_IMAGE,
             ),
         ),
-        HF,
-        storage.read_manifest(str(repository)).digest,
+        storage.read_manifest(str(repository)),
     )
     assert documents == build_manifests(plan)
     assert manifests_yaml(documents) == manifests_yaml(build_manifests(plan))

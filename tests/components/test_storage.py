@@ -330,3 +330,64 @@ def test_s3_remove_dir_removes_the_manifest_first(s3_bucket, tmp_path: Path) -> 
     assert {item["Key"].split("/")[1] for item in remaining} == {"step-10"}
     assert storage.list_dirs(s3_bucket.uri("ckpt")) == ["step-10"]
     storage.require_complete(s3_bucket.uri("ckpt/step-10"))
+
+
+# --- download_dir: a complete copy at a fixed path ------------------------------------------
+
+
+def test_s3_download_dir_is_byte_identical_and_done_once(s3_bucket, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "src")
+    uri = s3_bucket.uri("repos/r1")
+    manifest = storage.publish_dir(tmp_path / "src", uri, producer="test", metadata={"k": "v"})
+    target = tmp_path / "pod" / "models"
+    assert storage.download_dir(uri, target) == manifest
+    assert sorted(path.relative_to(target).as_posix() for path in target.rglob("*") if path.is_file()) == (
+        sorted([*files, MANIFEST_NAME])
+    )
+    for name, content in files.items():
+        assert (target / name).read_bytes() == content
+    assert storage.require_complete(str(target)).digest == manifest.digest
+    # Run again (an init container restarted after it finished): nothing is downloaded.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(storage, "download_file", lambda *a, **k: pytest.fail("downloaded again"))
+        assert storage.download_dir(uri, target) == manifest
+
+
+def test_s3_download_dir_refuses_a_repository_without_manifest(s3_bucket, tmp_path: Path) -> None:
+    storage.write_text(s3_bucket.uri("half/a.txt"), "a")
+    target = tmp_path / "models"
+    with pytest.raises(IncompleteDirectoryError, match=rf"half has no {MANIFEST_NAME}"):
+        storage.download_dir(s3_bucket.uri("half"), target)
+    assert not target.exists()
+
+
+def test_s3_download_dir_refuses_a_tampered_object_and_a_rerun_starts_over(s3_bucket, tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "src")
+    uri = s3_bucket.uri("tampered")
+    storage.publish_dir(tmp_path / "src", uri, producer="test")
+    s3_bucket.client.put_object(
+        Bucket=s3_bucket.name, Key="tampered/weights.bin", Body=bytes(reversed(files["weights.bin"]))
+    )
+    target = tmp_path / "models"
+    with pytest.raises(IncompleteDirectoryError, match=r"weights\.bin does not match its sha256"):
+        storage.download_dir(uri, target)
+    # The interrupted copy is marked as such and never looks complete...
+    assert (target / storage.DOWNLOAD_MARKER).exists() and not (target / MANIFEST_NAME).exists()
+    # ...so once the object is fixed, a rerun clears it and copies everything again.
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="tampered/weights.bin", Body=files["weights.bin"])
+    storage.download_dir(uri, target)
+    assert (target / "weights.bin").read_bytes() == files["weights.bin"]
+    assert not (target / storage.DOWNLOAD_MARKER).exists()
+    storage.require_complete(str(target))
+
+
+def test_download_dir_never_overwrites_a_directory_it_did_not_fill(s3_bucket, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    uri = s3_bucket.uri("r2")
+    storage.publish_dir(tmp_path / "src", uri, producer="test")
+    target = tmp_path / "somebody-elses"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        storage.download_dir(uri, target)
+    assert [path.name for path in target.iterdir()] == ["precious.txt"]

@@ -145,3 +145,14 @@ def test_train_pytorchjob_dry_run_prints_the_job(capsys):
     env = {item["name"]: item for item in container["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
     assert json.loads(env["LLMFT_TRAIN_CONFIG"]["value"])["lora"]["r"] == 8
+
+
+def test_every_step_help_renders(capsys) -> None:
+    """Descriptions become argparse help, which formats with %: a literal one must not break --help."""
+    from pipelines.cli import STEPS, build_parser
+
+    for step in STEPS:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser(step).parse_args([step, "--help"])
+        assert exit_info.value.code == 0
+        assert "--" in capsys.readouterr().out
