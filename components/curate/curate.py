@@ -24,12 +24,13 @@ import tempfile
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import IO, Any, BinaryIO, Literal, NamedTuple
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
@@ -37,10 +38,24 @@ from tqdm import tqdm
 from components import storage
 from components.curate import formats, pii
 from components.curate.decontaminate import NgramIndex
-from components.curate.filters import QualitySettings, quality_problem
-from components.curate.formats import REASON_STAGES, REJECT_REASONS, STAGES, ParsedRecord, Rejection
+from components.curate.filters import QualitySettings
+from components.curate.formats import REASON_STAGES, REJECT_REASONS, STAGES, Rejection
+from components.curate.minhash import NearDuplicates, lsh_params, select_near_duplicates
 from components.curate.report import histogram, render_report
-from components.records import Record
+from components.curate.screen import (
+    MAX_AUTO_WORKERS,
+    Block,
+    Item,
+    Refused,
+    ScreenedChunk,
+    ScreenPool,
+    ScreenSettings,
+    SketchSettings,
+    available_cpus,
+    item_bytes,
+    item_text,
+    screen,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +71,10 @@ PRODUCER = "llmft.curate"
 # (a whole JSON array on one line) is cut here and marked "truncated": true.
 _MAX_REJECT_TEXT_CHARS = 65_536
 _REPORT_EXAMPLES = 5
-_PROGRESS_EVERY_LINES = 4096
+# JSONL is read, and handed to the screening workers, in blocks of whole lines of about this size.
+_BLOCK_BYTES = 1 << 20
 _PARQUET_BATCH_ROWS = 1024
+_WRITE_BATCH = 256
 
 
 class CurateError(ValueError):
@@ -127,7 +144,7 @@ class CurateConfig(BaseModel):
     reject_copied_prompt: bool = Field(
         default=True,
         description="Reject responses equal to the prompt, or of 20+ characters holding the prompt verbatim "
-        "as over 90% of them (copies_prompt).",
+        "as over 90 percent of them (copies_prompt).",
     )
     reject_trivial_responses: bool = Field(
         default=True,
@@ -141,8 +158,44 @@ class CurateConfig(BaseModel):
     decontamination_ngram: int = Field(
         default=13,
         ge=0,
-        description="With eval_set: reject training records sharing any run of this many words with an eval "
-        "record's prompt+response (contaminated); 0 turns it off.",
+        description="Reject training records sharing any run of this many words with a held-out record's "
+        "prompt+response: an eval_set record (contaminated) or, without eval_set, a val.jsonl record of the "
+        "hash split (val_contaminated); 0 turns it off.",
+    )
+    near_dedup: bool = Field(
+        default=True,
+        description="Reject near duplicates (near_duplicate): records with the same system prompt whose "
+        "prompt+response shingles are at least near_dedup_threshold similar (MinHash LSH estimate of their "
+        "Jaccard similarity) to a kept record; of each group the record similar to the most others is kept "
+        "(then the smallest id), whatever the input order.",
+    )
+    near_dedup_threshold: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Jaccard similarity of two records' shingle sets from which they are near duplicates.",
+    )
+    near_dedup_shingle: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Words per shingle (a record with fewer words is one shingle of all of them).",
+    )
+    near_dedup_num_perm: int = Field(
+        default=128,
+        ge=16,
+        le=1024,
+        description="MinHash permutations: more estimate the similarity more precisely and cost "
+        "proportionally more time and memory (4 bytes per permutation per record).",
+    )
+
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Processes that screen records (parse, filters, PII) in parallel: 0 picks one per CPU "
+        "core (of the container's CPU limit, at most 8) for 16 MiB of input or more and 1 (no extra "
+        "process) below; the output is the same either way.",
     )
 
     def quality_settings(self) -> QualitySettings:
@@ -225,9 +278,6 @@ class CurateResult(BaseModel):
 
 # --- reading ---------------------------------------------------------------------------
 
-# A source yields (1-based line or row number, raw line bytes or a decoded Parquet row).
-Item = bytes | dict[str, Any]
-
 
 def _check_source(uri: str) -> None:
     """Fail before writing anything if an input cannot be found."""
@@ -253,8 +303,9 @@ def _localize(uri: str) -> Path:
         raise CurateError(f"cannot read input {uri}: {error}") from error
 
 
-def _iter_jsonl(uri: str, path: Path, compressed: bool) -> Iterator[tuple[int, Item]]:
-    # Bytes, not text: one line of invalid UTF-8 must reject that line only.
+def _iter_jsonl(uri: str, path: Path, compressed: bool) -> Iterator[Block]:
+    # Bytes, not text: one line of invalid UTF-8 must reject that line only. Read in blocks
+    # of whole lines and split in C: a Python step per line cost more than the rest of reading.
     number = 0
     with (
         open(path, "rb") as raw,
@@ -264,19 +315,25 @@ def _iter_jsonl(uri: str, path: Path, compressed: bool) -> Iterator[tuple[int, I
     ):
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            for number, line in enumerate(stream, start=1):
-                # Editors on Windows start files with a UTF-8 byte order mark; JSON does not allow one.
-                yield number, line.removeprefix(codecs.BOM_UTF8) if number == 1 else line
-                if number % _PROGRESS_EVERY_LINES == 0:
-                    bar.update(raw.tell() - bar.n)
+            while block := stream.read(_BLOCK_BYTES):
+                if not block.endswith(b"\n"):
+                    block += stream.readline()  # finish the last line, however long
+                lines = block.split(b"\n")
+                if not lines[-1]:
+                    lines.pop()  # what follows the final newline
+                if number == 0:
+                    # Editors on Windows start files with a UTF-8 byte order mark; JSON does not allow one.
+                    lines[0] = lines[0].removeprefix(codecs.BOM_UTF8)
+                yield number + 1, lines
+                number += len(lines)
+                bar.update(raw.tell() - bar.n)
         except (OSError, EOFError, zlib.error) as error:
             raise CurateError(f"cannot read {uri} after line {number}: {error}") from error
-        bar.update(raw.tell() - bar.n)
     if number == 0:
         raise CurateError(f"input file {uri} is empty: it has no lines to curate")
 
 
-def _iter_parquet(uri: str, path: Path) -> Iterator[tuple[int, Item]]:
+def _iter_parquet(uri: str, path: Path) -> Iterator[Block]:
     try:
         import pyarrow.parquet as pq
     except ImportError as error:
@@ -292,35 +349,30 @@ def _iter_parquet(uri: str, path: Path) -> Iterator[tuple[int, Item]]:
     with tqdm(total=total, unit="row", desc=path.name, disable=None, leave=False) as bar:
         try:
             for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-                for row in batch.to_pylist():
-                    number += 1
-                    # A column that is null in this row is absent from it: a table mixing two formats
-                    # has every format's columns, and null ones must not make a row ambiguous.
-                    yield number, {key: value for key, value in row.items() if value is not None}
+                # A column that is null in this row is absent from it: a table mixing two formats
+                # has every format's columns, and null ones must not make a row ambiguous.
+                rows: list[Item] = [
+                    {key: value for key, value in row.items() if value is not None}
+                    for row in batch.to_pylist()
+                ]
+                yield number + 1, rows
+                number += len(rows)
                 bar.update(batch.num_rows)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise CurateError(f"cannot read Parquet file {uri} after row {number}: {error}") from error
 
 
-def iter_source(uri: str) -> Iterator[tuple[int, Item]]:
-    """Lines (JSONL, optionally gzip) or rows (Parquet) of one input, sniffed from its first bytes."""
+def iter_source(uri: str) -> Iterator[Block]:
+    """Blocks of lines (JSONL, optionally gzip) or rows (Parquet) of one input, sniffed from its first bytes.
+
+    Each block is (number of its first line or row, 1-based; the lines without line ends, or rows).
+    """
     path = _localize(uri)
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic == b"PAR1":
         return _iter_parquet(uri, path)
     return _iter_jsonl(uri, path, compressed=magic[:2] == b"\x1f\x8b")
-
-
-def parse_item(item: Item) -> ParsedRecord:
-    return formats.parse_line(item) if isinstance(item, bytes) else formats.parse_object(item)
-
-
-def item_text(item: Item) -> str:
-    """The original line as text for rejects.jsonl (undecodable bytes become U+FFFD)."""
-    if isinstance(item, bytes):
-        return item.rstrip(b"\r\n").decode("utf-8", errors="replace")
-    return json.dumps(item, ensure_ascii=False, default=str)
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -341,19 +393,22 @@ class SourceTally:
 class _Sink:
     """The three streamed outputs plus what stats.json and the report need.
 
-    Records are written as they are accepted (the same `Record.to_json` lines
-    `records.write_records` writes), so memory grows with the dedup index, not the data.
+    Records are streamed to the files (the same `Record.to_json` lines
+    `records.write_records` writes), so memory grows with the dedup indexes, not the data.
     """
 
     def __init__(self, directory: Path) -> None:
         self._stack = ExitStack()
         with self._stack:
 
-            def open_output(name: str) -> TextIO:
-                return self._stack.enter_context(open(directory / name, "w", encoding="utf-8"))
+            def open_output(name: str, mode: str) -> IO[Any]:
+                encoding = "utf-8" if mode == "w" else None
+                return self._stack.enter_context(open(directory / name, mode, encoding=encoding))
 
-            self._files = {name: open_output(name) for name in (TRAIN_FILE, VAL_FILE)}
-            self._rejects = open_output(REJECTS_FILE)
+            # Record lines arrive UTF-8 encoded (by the screening workers), so they go out as bytes.
+            self._files = {name: open_output(name, "wb") for name in (TRAIN_FILE, VAL_FILE)}
+            self._buffers: dict[str, list[bytes]] = {name: [] for name in self._files}
+            self._rejects = open_output(REJECTS_FILE, "w")
             # Keep the files open past this block; close() closes them.
             self._stack = self._stack.pop_all()
         self.prompt_lengths = array("q")
@@ -362,24 +417,41 @@ class _Sink:
         # PII matches by type: replaced (pii="redact") or found in rejected records (pii="reject").
         self.pii_found: Counter[str] = Counter()
 
-    def keep(self, file_name: str, record: Record, record_format: str, tally: SourceTally) -> None:
-        self._files[file_name].write(record.to_json() + "\n")
+    def keep(
+        self,
+        file_name: str,
+        lines: list[bytes],
+        format_codes: Iterable[int],
+        prompt_chars: Iterable[int],
+        response_chars: Iterable[int],
+        tally: SourceTally,
+    ) -> None:
+        """Write canonical record lines (`Record.to_json`, UTF-8) with their formats and lengths."""
+        buffer = self._buffers[file_name]
+        buffer.extend(lines)
+        # One write per few hundred records: a write call per line cost more than the bytes.
+        if len(buffer) >= _WRITE_BATCH:
+            self._drain(file_name)
         if file_name == TRAIN_FILE:
-            tally.train += 1
+            tally.train += len(lines)
         else:
-            tally.val += 1
-        tally.formats[record_format] += 1
-        self.prompt_lengths.append(len(record.prompt))
-        self.response_lengths.append(len(record.response))
+            tally.val += len(lines)
+        for code, count in Counter(format_codes).items():
+            tally.formats[formats.FORMATS[code]] += count
+        self.prompt_lengths.extend(prompt_chars)
+        self.response_lengths.extend(response_chars)
 
     def reject(self, source: str, line: int, rejection: Rejection, text: str, tally: SourceTally) -> None:
         entry: dict[str, Any] = {
             "source": source,
             "line": line,
+            "stage": REASON_STAGES[rejection.reason],
             "reason": rejection.reason,
             "detail": rejection.detail,
             "text": text[:_MAX_REJECT_TEXT_CHARS],
         }
+        if rejection.kept_id is not None:
+            entry["kept_id"] = rejection.kept_id
         if len(text) > _MAX_REJECT_TEXT_CHARS:
             entry["truncated"] = True
         self._rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -388,8 +460,18 @@ class _Sink:
         if len(examples) < _REPORT_EXAMPLES:
             examples.append(entry)
 
+    def _drain(self, file_name: str) -> None:
+        buffer = self._buffers[file_name]
+        if buffer:
+            self._files[file_name].write(b"\n".join(buffer) + b"\n")
+            buffer.clear()
+
     def close(self) -> None:
-        self._stack.close()
+        try:
+            for file_name in self._files:
+                self._drain(file_name)
+        finally:
+            self._stack.close()
 
     def report_examples(self) -> list[dict[str, Any]]:
         """Up to five rejects, one reason after another so the report shows variety."""
@@ -428,8 +510,13 @@ def length_summary(values: array) -> dict[str, Any]:
     }
 
 
-def build_stats(config: CurateConfig, tallies: Mapping[str, SourceTally], sink: _Sink) -> dict[str, Any]:
-    """The content of stats.json; `check_accounting` verifies it adds up."""
+def build_stats(
+    config: CurateConfig, tallies: Mapping[str, SourceTally], sink: _Sink, stages: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The content of stats.json; `check_accounting` verifies it adds up.
+
+    `stages` holds the near_dedup and decontamination summaries (`_Curation.stage_details`).
+    """
     inputs = [tally for tally in tallies.values() if tally.role == "input"]
     evals = [tally for tally in tallies.values() if tally.role == "eval"]
     input_rejects = sum((tally.rejected for tally in inputs), Counter())
@@ -479,8 +566,10 @@ def build_stats(config: CurateConfig, tallies: Mapping[str, SourceTally], sink: 
             "prompt": length_summary(sink.prompt_lengths),
             "response": length_summary(sink.response_lengths),
         },
-        # Without `output`, so the dataset digest does not depend on where it was written.
-        "config": config.model_dump(exclude={"output"}),
+        **stages,
+        # Without `output` and `workers`, so the dataset digest does not depend on where or
+        # with how many processes it was written.
+        "config": config.model_dump(exclude={"output", "workers"}),
     }
 
 
@@ -580,6 +669,412 @@ def _failure_message(config: CurateConfig, stats: Mapping[str, Any]) -> str | No
 
 # --- the step --------------------------------------------------------------------------
 
+# The second pass reads pending records back and settles them in groups of this many.
+_SETTLE_RECORDS = 2048
+# Below this much input a worker pool costs more to start than it saves.
+_POOL_MIN_BYTES = 16 << 20
+_PENDING = {TRAIN_FILE: "train.pending", VAL_FILE: "val.pending"}
+_SIGNATURES = "signatures.u32"
+
+
+@dataclass
+class _Survivors:
+    """The records the first pass accepted, in the order they were written to the pending files.
+
+    Only a few numbers per record: the records themselves wait on disk until near-dedup and
+    val decontamination have decided, so memory holds indexes, not data.
+    """
+
+    to_val: bytearray = field(default_factory=bytearray)
+    source: array = field(default_factory=lambda: array("i"))
+    line: array = field(default_factory=lambda: array("q"))
+    format: bytearray = field(default_factory=bytearray)
+    ids: array = field(default_factory=lambda: array("Q"))  # the record id's 16 hex digits as a number
+    prompt_chars: array = field(default_factory=lambda: array("q"))
+    response_chars: array = field(default_factory=lambda: array("q"))
+    pii: dict[int, Counter[str]] = field(default_factory=dict)  # only records with placeholders
+
+    def __len__(self) -> int:
+        return len(self.to_val)
+
+    def record_id(self, index: int) -> str:
+        return f"{self.ids[index]:016x}"
+
+
+class _Pending(NamedTuple):
+    """One record read back from a pending file."""
+
+    index: int  # into _Survivors
+    record: bytes  # the canonical JSON line
+    original: bytes  # the input line, for rejects.jsonl
+    words: bytes  # its word string (empty when no stage needs it)
+
+
+def _worker_count(config: CurateConfig) -> int:
+    if config.workers:
+        return config.workers
+    local = [Path(uri) for uri in config.inputs if not storage.is_s3(uri)]
+    small = len(local) == len(config.inputs) and sum(path.stat().st_size for path in local) < _POOL_MIN_BYTES
+    return 1 if small else min(available_cpus(), MAX_AUTO_WORKERS)
+
+
+class _Curation:
+    """One run: the per-record stages, the batch stages, and the second pass over pending records.
+
+    First pass: every line of the eval set and the inputs is screened (parsed, filtered,
+    PII handled, checked against the eval set; see `screen.py`, in worker processes for
+    large inputs), then eval n-gram decontamination and exact dedup run in input order.
+    Survivors go to a pending file per split (the hash split is known from each record's
+    content at once) with their MinHash signature and LSH band keys. Second pass: near
+    duplicates are chosen over all survivors at once, val records are written and indexed,
+    and train records are checked against that val index before they are written. So no
+    train record is written before val is known; curate writes the manifest only after all.
+    """
+
+    def __init__(self, config: CurateConfig, sink: _Sink, work: Path) -> None:
+        self.config = config
+        self.sink = sink
+        self.work = work
+        self.tallies: dict[str, SourceTally] = {}
+        self.survivors = _Survivors()
+        # identity digest -> (input index, line) of the record kept first.
+        self.kept_at: dict[bytes, tuple[int, int]] = {}
+        # eval content digest -> its line, to name the eval record an overlapping one matches.
+        self.eval_lines: dict[bytes, int] | None = None
+        self.eval_ngrams: NgramIndex | None = None
+        self.val_ngrams: NgramIndex | None = None
+        # Near-dedup and decontamination against the split's val records need every record
+        # first; without them each record is final when the first pass accepts it.
+        val_decontamination = (
+            not config.eval_set and config.decontamination_ngram > 0 and config.val_fraction > 0
+        )
+        self.deferred = config.near_dedup or val_decontamination
+        self.bands, self.rows = (0, 0)
+        if config.near_dedup:
+            self.bands, self.rows = lsh_params(config.near_dedup_threshold, config.near_dedup_num_perm)
+        self.band_keys: list[np.ndarray] = []
+        self.keyed = array("q")  # survivors that have shingles, in signature-file order
+        self.near: NearDuplicates | None = None
+        self._stack = ExitStack()
+        with self._stack:
+
+            def open_work_file(name: str) -> BinaryIO:
+                return self._stack.enter_context(open(work / name, "wb"))
+
+            self.pending = {split: open_work_file(name) for split, name in _PENDING.items()}
+            self.signature_file = open_work_file(_SIGNATURES)
+            # Keep the files open past this block; close_pending() closes them.
+            self._stack = self._stack.pop_all()
+
+    def close_pending(self) -> None:
+        self._stack.close()
+
+    def _settings(self, eval_set: bool) -> ScreenSettings:
+        config = self.config
+        return ScreenSettings(
+            min_response_chars=config.min_response_chars,
+            max_prompt_chars=config.max_prompt_chars,
+            max_response_chars=config.max_response_chars,
+            # The eval set is not quality-filtered (it is kept as given) but its PII is
+            # treated like the inputs', so val.jsonl leaks nothing either.
+            quality=None if eval_set else config.quality_settings(),
+            pii=config.pii,
+            val_fraction=0.0 if config.eval_set else config.val_fraction,
+            words=bool(config.decontamination_ngram)
+            if eval_set
+            else self.eval_ngrams is not None or self.deferred,
+            eval_set=config.eval_set,
+            sketch=None
+            if eval_set or not config.near_dedup
+            else SketchSettings(config.near_dedup_shingle, config.near_dedup_num_perm, self.bands, self.rows),
+        )
+
+    # --- first pass --------------------------------------------------------------------
+
+    def read_eval_set(self, uri: str) -> None:
+        sink = self.sink
+        self.eval_lines = {}
+        tally = self.tallies[uri] = SourceTally(role="eval")
+        log.info("curate: reading eval set %s", uri)
+        settings = self._settings(eval_set=True)
+        word_strings: list[bytes] = []
+        names: list[str] = []
+        for first, items in iter_source(uri):
+            tally.lines += len(items)
+            for line, item in enumerate(items, start=first):
+                result = screen(uri, line, item, settings, None)
+                if isinstance(result, Refused):
+                    self._refuse(uri, item, result, tally)
+                    continue
+                self.eval_lines.setdefault(result.content, line)
+                if settings.words:
+                    word_strings.append(result.words)
+                    names.append(f"{result.digest.hex()[:16]} ({uri}:{line})")
+                code = formats.FORMATS.index(result.format)
+                sink.keep(
+                    VAL_FILE, [result.record], [code], [result.prompt_chars], [result.response_chars], tally
+                )
+                sink.pii_found.update(result.found)
+        if settings.words:
+            self.eval_ngrams = NgramIndex(self.config.decontamination_ngram)
+            self.eval_ngrams.add(word_strings, names)
+            log.info(
+                "curate: eval set indexed: %d distinct %d-grams", len(self.eval_ngrams), self.eval_ngrams.n
+            )
+
+    def read_inputs(self, workers: int) -> None:
+        config = self.config
+        with ScreenPool(workers, self._settings(eval_set=False), self.eval_lines) as pool:
+            for index, uri in enumerate(config.inputs):
+                tally = self.tallies[uri] = SourceTally(role="input")
+                log.info("curate: reading %s (%d/%d)", uri, index + 1, len(config.inputs))
+                for (_, first, items), screened in pool.map((uri, *block) for block in iter_source(uri)):
+                    tally.lines += len(items)
+                    for refused in screened.refused:
+                        self._refuse(uri, items[refused.line - first], refused, tally)
+                    self._take(index, first, items, screened)
+                rejected = sum(tally.rejected.values())
+                log.info(
+                    "curate: %s: %d lines, %d passed the first pass, rejected %d",
+                    uri,
+                    tally.lines,
+                    tally.lines - rejected,
+                    rejected,
+                )
+
+    def _refuse(self, uri: str, item: Item, refused: Refused, tally: SourceTally) -> None:
+        rejection = Rejection(refused.reason, refused.detail)
+        self.sink.reject(uri, refused.line, rejection, item_text(item), tally)
+        # A record rejected as pii counts what it held (pii="reject"); others carry nothing.
+        self.sink.pii_found.update(refused.found)
+
+    def _take(self, index: int, first: int, items: list[Item], chunk: ScreenedChunk) -> None:
+        """The batch stages for one screened chunk, in input order: eval n-grams, then exact dedup."""
+        config = self.config
+        uri = config.inputs[index]
+        tally = self.tallies[uri]
+        shared = self.eval_ngrams.match(chunk.words) if self.eval_ngrams else None
+        kept_at = self.kept_at
+        fresh: list[int] = []
+        for position, line in enumerate(chunk.lines):
+            try:
+                if shared is not None and shared[position] is not None:
+                    gram, owner = shared[position]
+                    raise Rejection(
+                        "contaminated",
+                        f"shares the {config.decontamination_ngram}-word sequence {gram!r} with eval "
+                        f"record {owner}",
+                    )
+                if config.dedup:
+                    digest = chunk.digests[position]
+                    original = kept_at.get(digest)
+                    if original is not None:
+                        kept_id = digest.hex()[:16]
+                        where = f"{config.inputs[original[0]]}:{original[1]}"
+                        raise Rejection(
+                            "duplicate", f"duplicate of record {kept_id} kept from {where}", kept_id=kept_id
+                        )
+                    kept_at[digest] = (index, line)
+            except Rejection as rejection:
+                self.sink.reject(uri, line, rejection, item_text(items[line - first]), tally)
+                continue
+            fresh.append(position)
+        if self.deferred:
+            self._park(index, first, items, chunk, fresh)
+            return
+        # No second-pass stage configured: the records are final and go to their outputs at once.
+        for position in fresh:
+            if position in chunk.found:
+                self.sink.pii_found.update(chunk.found[position])
+        for split, side in ((TRAIN_FILE, 0), (VAL_FILE, 1)):
+            chosen = [position for position in fresh if chunk.to_val[position] == side]
+            self.sink.keep(
+                split,
+                [chunk.records[position] for position in chosen],
+                [chunk.formats[position] for position in chosen],
+                [chunk.prompt_chars[position] for position in chosen],
+                [chunk.response_chars[position] for position in chosen],
+                tally,
+            )
+
+    def _park(
+        self, index: int, first: int, items: list[Item], chunk: ScreenedChunk, fresh: list[int]
+    ) -> None:
+        """Write first-pass survivors to their split's pending file and remember their numbers."""
+        survivors = self.survivors
+        base = len(survivors)
+        if self.config.near_dedup:
+            # Signatures and band keys were computed while screening; keep the survivors' ones.
+            slot = {position: number for number, position in enumerate(fresh)}
+            rows = [row for row, position in enumerate(chunk.signed) if position in slot]
+            if rows:
+                self.signature_file.write(chunk.signatures[rows].tobytes())
+                self.band_keys.append(chunk.band_keys[rows])
+                self.keyed.extend(base + slot[chunk.signed[row]] for row in rows)
+        pending: dict[str, list[bytes]] = {TRAIN_FILE: [], VAL_FILE: []}
+        words = chunk.words
+        for number, position in enumerate(fresh):
+            line = chunk.lines[position]
+            to_val = chunk.to_val[position]
+            # Three lines per record: canonical record, original line, word string.
+            pending[VAL_FILE if to_val else TRAIN_FILE] += (
+                chunk.records[position],
+                item_bytes(items[line - first]),
+                words[position] if words else b"",
+            )
+            if position in chunk.found:
+                survivors.pii[base + number] = chunk.found[position]
+            survivors.to_val.append(to_val)
+            survivors.line.append(line)
+            survivors.format.append(chunk.formats[position])
+            survivors.ids.append(int.from_bytes(chunk.digests[position][:8], "big"))
+            survivors.prompt_chars.append(chunk.prompt_chars[position])
+            survivors.response_chars.append(chunk.response_chars[position])
+        survivors.source.extend([index] * len(fresh))
+        for split, lines in pending.items():
+            if lines:
+                self.pending[split].write(b"\n".join(lines) + b"\n")
+
+    # --- second pass -------------------------------------------------------------------
+
+    def second_pass(self) -> None:
+        config = self.config
+        if not self.deferred:
+            return
+        if config.near_dedup:
+            self.near = self._near_duplicates()
+        # Without an eval set the split's val records are the held-out data: train records
+        # must not share a passage with them (the eval set was checked in the first pass).
+        if self.eval_lines is None and config.decontamination_ngram and any(self.survivors.to_val):
+            self.val_ngrams = NgramIndex(config.decontamination_ngram)
+        self._settle_split(VAL_FILE)
+        if self.val_ngrams is not None:
+            log.info("curate: val indexed: %d distinct %d-grams", len(self.val_ngrams), self.val_ngrams.n)
+        self._settle_split(TRAIN_FILE)
+
+    def _near_duplicates(self) -> NearDuplicates:
+        """Near-duplicate decisions for every survivor (kept_by indexes survivors)."""
+        count = len(self.survivors)
+        kept_by = np.full(count, -1, dtype=np.int64)
+        similarity = np.zeros(count, dtype=np.float32)
+        keyed = np.frombuffer(self.keyed, dtype=np.int64)
+        if not len(keyed):
+            return NearDuplicates(kept_by, similarity, candidate_pairs=0, similar_pairs=0)
+        log.info("curate: near-dedup of %d records (%d bands x %d rows)", len(keyed), self.bands, self.rows)
+        shape = (len(keyed), self.config.near_dedup_num_perm)
+        signatures = np.memmap(self.work / _SIGNATURES, dtype=np.uint32, mode="r", shape=shape)
+        ids = np.frombuffer(self.survivors.ids, dtype=np.uint64)[keyed]
+        # Rank by record id (content), not position: which record of a group is kept does not
+        # depend on the input order.
+        ranks = np.empty(len(keyed), dtype=np.int64)
+        ranks[np.lexsort((keyed, ids))] = np.arange(len(keyed))
+        local = select_near_duplicates(
+            np.concatenate(self.band_keys), signatures, ranks, self.config.near_dedup_threshold
+        )
+        del signatures
+        removed = np.flatnonzero(local.kept_by >= 0)
+        kept_by[keyed[removed]] = keyed[local.kept_by[removed]]
+        similarity[keyed[removed]] = local.similarity[removed]
+        return NearDuplicates(kept_by, similarity, local.candidate_pairs, local.similar_pairs)
+
+    def _settle_split(self, file_name: str) -> None:
+        """Read one split's pending records in order and keep or reject each."""
+        wanted = int(file_name == VAL_FILE)
+        members = np.flatnonzero(np.frombuffer(self.survivors.to_val, dtype=np.uint8) == wanted).tolist()
+        with (
+            open(self.work / _PENDING[file_name], "rb") as pending,
+            tqdm(total=len(members), unit="rec", desc=file_name, disable=None, leave=False) as bar,
+        ):
+            for start in range(0, len(members), _SETTLE_RECORDS):
+                group = members[start : start + _SETTLE_RECORDS]
+                # Three lines per record (see _park): canonical record, original line, word string.
+                entries = [
+                    _Pending(index, pending.readline()[:-1], pending.readline()[:-1], pending.readline()[:-1])
+                    for index in group
+                ]
+                self._settle(file_name, entries)
+                bar.update(len(group))
+
+    def _settle(self, file_name: str, entries: list[_Pending]) -> None:
+        config, survivors, near = self.config, self.survivors, self.near
+        alive: list[_Pending] = []
+        for entry in entries:
+            if near is not None and near.kept_by[entry.index] >= 0:
+                kept = int(near.kept_by[entry.index])
+                kept_id = survivors.record_id(kept)
+                rejection = Rejection(
+                    "near_duplicate",
+                    f"near duplicate (estimated Jaccard similarity {near.similarity[entry.index]:.2f} >= "
+                    f"{config.near_dedup_threshold:g}) of record {kept_id} kept from {self._where(kept)}",
+                    kept_id=kept_id,
+                )
+                self._reject(entry, rejection)
+                continue
+            alive.append(entry)
+        if file_name == TRAIN_FILE and self.val_ngrams is not None:
+            shared = self.val_ngrams.match([entry.words for entry in alive])
+            checked = []
+            for entry, overlap in zip(alive, shared, strict=True):
+                if overlap is None:
+                    checked.append(entry)
+                    continue
+                rejection = Rejection(
+                    "val_contaminated",
+                    f"shares the {config.decontamination_ngram}-word sequence {overlap[0]!r} with val "
+                    f"record {overlap[1]}",
+                )
+                self._reject(entry, rejection)
+            alive = checked
+        for entry in alive:
+            index = entry.index
+            tally = self.tallies[config.inputs[survivors.source[index]]]
+            self.sink.keep(
+                file_name,
+                [entry.record],
+                [survivors.format[index]],
+                [survivors.prompt_chars[index]],
+                [survivors.response_chars[index]],
+                tally,
+            )
+            self.sink.pii_found.update(survivors.pii.get(index, ()))
+        if file_name == VAL_FILE and self.val_ngrams is not None:
+            names = [f"{survivors.record_id(entry.index)} ({self._where(entry.index)})" for entry in alive]
+            self.val_ngrams.add([entry.words for entry in alive], names)
+
+    def _where(self, index: int) -> str:
+        return f"{self.config.inputs[self.survivors.source[index]]}:{self.survivors.line[index]}"
+
+    def _reject(self, entry: _Pending, rejection: Rejection) -> None:
+        uri = self.config.inputs[self.survivors.source[entry.index]]
+        text = entry.original.decode("utf-8", errors="replace")
+        self.sink.reject(uri, self.survivors.line[entry.index], rejection, text, self.tallies[uri])
+
+    def stage_details(self) -> dict[str, Any]:
+        """stats.json's near_dedup and decontamination sections."""
+        config = self.config
+        near_dedup: dict[str, Any] | None = None
+        if self.near is not None:
+            near_dedup = {
+                "shingle_words": config.near_dedup_shingle,
+                "num_perm": config.near_dedup_num_perm,
+                "threshold": config.near_dedup_threshold,
+                "bands": self.bands,
+                "rows": self.rows,
+                "records_compared": len(self.keyed),
+                "candidate_pairs": self.near.candidate_pairs,
+                "similar_pairs": self.near.similar_pairs,
+                "removed": self.near.removed,
+            }
+        held_out = self.eval_ngrams or self.val_ngrams
+        return {
+            "near_dedup": near_dedup,
+            "decontamination": {
+                "ngram": config.decontamination_ngram,
+                "held_out": "eval_set" if self.eval_ngrams else "val" if self.val_ngrams else None,
+                "held_out_ngrams": len(held_out) if held_out is not None else 0,
+            },
+        }
+
 
 def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
     """Read every source and write train/val/rejects/stats/report into `directory`; return the stats."""
@@ -587,136 +1082,27 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
         sink = _Sink(directory)
     except OSError as error:
         raise CurateError(f"output {config.output} is not writable: {error}") from error
-    tallies: dict[str, SourceTally] = {}
     try:
-        # eval content digest -> its line, to name the eval record an overlapping one matches.
-        eval_lines: dict[bytes, int] | None = None
-        # Word n-grams of the eval records; the hash split's val records are not indexed
-        # because the split is made while streaming (see README, "Decontamination").
-        eval_ngrams: NgramIndex | None = None
-        if config.eval_set:
-            eval_lines = {}
-            if config.decontamination_ngram:
-                eval_ngrams = NgramIndex(config.decontamination_ngram)
-            tally = tallies[config.eval_set] = SourceTally(role="eval")
-            log.info("curate: reading eval set %s", config.eval_set)
-            for line, item in iter_source(config.eval_set):
-                tally.lines += 1
-                try:
-                    parsed = parse_item(item)
-                    formats.check_lengths(
-                        parsed, config.min_response_chars, config.max_prompt_chars, config.max_response_chars
-                    )
-                    # The eval set is not quality-filtered (it is kept as given) but its
-                    # PII is treated like the inputs', so val.jsonl leaks nothing either.
-                    parsed, found = _screen_pii(parsed, config.pii, sink)
-                except Rejection as rejection:
-                    sink.reject(config.eval_set, line, rejection, item_text(item), tally)
-                    continue
-                eval_lines.setdefault(formats.content_digest(parsed), line)
-                record = _record(parsed, config.eval_set, line)
-                if eval_ngrams is not None:
-                    eval_ngrams.add(parsed, f"{record.id} ({config.eval_set}:{line})")
-                sink.keep(VAL_FILE, record, parsed.format, tally)
-                sink.pii_found.update(found)
-            if eval_ngrams is not None:
-                log.info("curate: eval set indexed: %d distinct %d-grams", len(eval_ngrams), eval_ngrams.n)
-
-        quality = config.quality_settings()
-        # identity digest -> (input index, line) of the record kept first.
-        kept_at: dict[bytes, tuple[int, int]] = {}
-        for index, uri in enumerate(config.inputs):
-            tally = tallies[uri] = SourceTally(role="input")
-            log.info("curate: reading %s (%d/%d)", uri, index + 1, len(config.inputs))
-            for line, item in iter_source(uri):
-                tally.lines += 1
-                try:
-                    parsed = parse_item(item)
-                    formats.check_lengths(
-                        parsed, config.min_response_chars, config.max_prompt_chars, config.max_response_chars
-                    )
-                    problem = quality_problem(parsed, quality)
-                    if problem is not None:
-                        raise Rejection(*problem)
-                    parsed, found = _screen_pii(parsed, config.pii, sink)
-                    digest = formats.identity_digest(parsed)
-                    if eval_lines is not None:
-                        eval_line = eval_lines.get(formats.content_digest(parsed))
-                        if eval_line is not None:
-                            raise Rejection(
-                                "eval_overlap",
-                                f"prompt and response equal eval record {config.eval_set}:{eval_line}",
-                            )
-                    if eval_ngrams is not None:
-                        shared = eval_ngrams.match(parsed)
-                        if shared is not None:
-                            raise Rejection(
-                                "contaminated",
-                                f"shares the {eval_ngrams.n}-word sequence {shared[0]!r} with eval record "
-                                f"{shared[1]}",
-                            )
-                    if config.dedup:
-                        original = kept_at.get(digest)
-                        if original is not None:
-                            raise Rejection(
-                                "duplicate",
-                                f"duplicate of record {digest.hex()[:16]} kept from "
-                                f"{config.inputs[original[0]]}:{original[1]}",
-                            )
-                        kept_at[digest] = (index, line)
-                except Rejection as rejection:
-                    sink.reject(uri, line, rejection, item_text(item), tally)
-                    continue
-                to_val = eval_lines is None and formats.in_validation(parsed, config.val_fraction)
-                split = VAL_FILE if to_val else TRAIN_FILE
-                sink.keep(split, _record(parsed, uri, line), parsed.format, tally)
-                sink.pii_found.update(found)
-            log.info(
-                "curate: %s: %d lines, train %d, val %d, rejected %d",
-                uri,
-                tally.lines,
-                tally.train,
-                tally.val,
-                sum(tally.rejected.values()),
-            )
+        # Pending records and signatures live beside nothing the user sees, and go in any case.
+        with tempfile.TemporaryDirectory(prefix="llmft-curate-work-") as work:
+            run = _Curation(config, sink, Path(work))
+            try:
+                if config.eval_set:
+                    run.read_eval_set(config.eval_set)
+                run.read_inputs(_worker_count(config))
+            finally:
+                run.close_pending()
+            run.second_pass()
     finally:
         sink.close()
 
-    stats = build_stats(config, tallies, sink)
+    stats = build_stats(config, run.tallies, sink, run.stage_details())
     check_accounting(stats)
     stats_text = json.dumps(stats, indent=2, ensure_ascii=False) + "\n"
     (directory / STATS_FILE).write_text(stats_text, encoding="utf-8")
     page = render_report(stats, histogram(sink.response_lengths), sink.report_examples())
     (directory / REPORT_FILE).write_text(page, encoding="utf-8")
     return stats
-
-
-def _screen_pii(parsed: ParsedRecord, mode: str, sink: _Sink) -> tuple[ParsedRecord, Counter[str]]:
-    """Apply the pii setting: the record to keep and its redaction counts, or Rejection("pii").
-
-    Counts of a record that is rejected by the pii check go to the sink at once; those of a
-    redacted record are added by the caller only when it is kept, so stats.json's "pii"
-    counts the placeholders actually written.
-    """
-    if mode == "off":
-        return parsed, Counter()
-    redacted, found = pii.redact_record(parsed)
-    if found and mode == "reject":
-        sink.pii_found.update(found)
-        types = ", ".join(f"{pii_type}={found[pii_type]}" for pii_type in pii.PII_TYPES if found[pii_type])
-        raise Rejection("pii", f"found {types}")
-    return redacted, found
-
-
-def _record(parsed: ParsedRecord, source: str, line: int) -> Record:
-    return Record(
-        id=formats.record_id(parsed),
-        prompt=parsed.prompt,
-        response=parsed.response,
-        system=parsed.system,
-        source=source,
-        line=line,
-    )
 
 
 def curate(config: CurateConfig) -> CurateResult:

@@ -1,57 +1,91 @@
 """Word n-gram decontamination: keep training records from sharing long passages with held-out data.
 
-Pure functions. Text is lowercased, every character that is neither a letter, a digit
-nor whitespace becomes a space, and the result is split on whitespace; a training record
-is contaminated when any n consecutive words of its prompt+response also occur, in the
-same order, in a held-out record's prompt+response. Records with fewer than n words have
-no n-grams; exact copies of those are caught by eval_overlap instead.
+A training record is contaminated when any n consecutive words of its prompt+response
+also occur, in the same order, in a held-out record's prompt+response (words as in
+`ngrams.py`: lowercased runs of letters and digits, so case and punctuation never hide an
+overlap). Records with fewer than n words have no n-grams; exact copies of those are
+caught by eval_overlap (eval set) or land on the same side of the hash split.
+
+The index keeps each distinct n-gram's 64-bit hash and the first held-out record that has
+it (about 12 bytes per held-out word), not the text, and matches a batch of records with
+one sorted search. Two different n-grams share a hash with probability about 2^-64 per
+pair, far below any data set's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 
-from components.curate.formats import ParsedRecord
+import numpy as np
 
-
-def words(text: str) -> list[str]:
-    """Lowercased words with punctuation and symbols turned into spaces."""
-    cleaned = "".join(char if char.isalnum() or char.isspace() else " " for char in text.lower())
-    return cleaned.split()
+from components.curate.ngrams import ngram_hashes, word_string
 
 
-def record_words(record: ParsedRecord) -> list[str]:
-    """The words of prompt and response together (the system prompt is not compared)."""
-    return words(record.prompt + "\n" + record.response)
-
-
-def ngrams(tokens: list[str], n: int) -> Iterator[str]:
-    """Each run of n consecutive tokens, joined by single spaces."""
-    for start in range(len(tokens) - n + 1):
-        yield " ".join(tokens[start : start + n])
+def record_words(prompt: str, response: str) -> bytes:
+    """The word string (`ngrams.word_string`) of prompt and response; the system prompt is not compared."""
+    return word_string(prompt + "\n" + response)
 
 
 class NgramIndex:
-    """The n-grams of the held-out records, each mapped to the first record that has it."""
+    """The n-grams of the held-out records, each mapped to the first record added that has it."""
 
     def __init__(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"n-gram length must be at least 1, got {n}")
         self.n = n
-        self._owner: dict[str, str] = {}
+        self._names: list[str] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._hashes = np.zeros(0, dtype=np.uint64)
+        self._owners = np.zeros(0, dtype=np.int64)
+        # A bitmap of hash low bits (16 per n-gram, so about 6% of absent n-grams pass) lets a
+        # batch skip the sorted search for nearly every n-gram it does not share.
+        self._bitmap = np.zeros(1, dtype=np.uint8)
+        self._mask = np.uint64(0)
 
     def __len__(self) -> int:
-        return len(self._owner)
+        """Distinct n-grams indexed."""
+        self._merge()
+        return len(self._hashes)
 
-    def add(self, record: ParsedRecord, name: str) -> None:
-        """Index `record`'s n-grams under `name` (how a rejection will refer to it)."""
-        for gram in ngrams(record_words(record), self.n):
-            self._owner.setdefault(gram, name)
+    def add(self, word_strings: Sequence[bytes], names: Sequence[str]) -> None:
+        """Index the n-grams of records given as `record_words`; `names` are how rejections refer to them."""
+        hashes, offsets = ngram_hashes(word_strings, self.n, whole_if_shorter=False)
+        owners = np.repeat(np.arange(len(self._names), len(self._names) + len(names)), np.diff(offsets))
+        self._names.extend(names)
+        self._pending.append((hashes, owners))
 
-    def match(self, record: ParsedRecord) -> tuple[str, str] | None:
-        """(shared n-gram, held-out record name) of the first n-gram `record` shares, or None."""
-        for gram in ngrams(record_words(record), self.n):
-            owner = self._owner.get(gram)
-            if owner is not None:
-                return gram, owner
-        return None
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        hashes = np.concatenate([self._hashes, *(hashes for hashes, _ in self._pending)])
+        owners = np.concatenate([self._owners, *(owners for _, owners in self._pending)])
+        self._pending.clear()
+        # np.unique keeps each value's first occurrence: the record added first owns the n-gram.
+        self._hashes, first = np.unique(hashes, return_index=True)
+        self._owners = owners[first]
+        bits = 1 << max(16, (16 * len(self._hashes)).bit_length())
+        self._mask = np.uint64(bits - 1)
+        present = np.zeros(bits, dtype=bool)
+        present[self._hashes & self._mask] = True
+        self._bitmap = np.packbits(present)
+
+    def match(self, word_strings: Sequence[bytes]) -> list[tuple[str, str] | None]:
+        """Per record: (first shared n-gram's words, held-out record name), or None if it shares none."""
+        self._merge()
+        found: list[tuple[str, str] | None] = [None] * len(word_strings)
+        if not len(self._hashes):
+            return found
+        hashes, offsets = ngram_hashes(word_strings, self.n, whole_if_shorter=False)
+        low_bits = hashes & self._mask
+        maybe = np.flatnonzero((self._bitmap[low_bits >> np.uint64(3)] << (low_bits & np.uint64(7))) & 0x80)
+        slots = np.minimum(np.searchsorted(self._hashes, hashes[maybe]), len(self._hashes) - 1)
+        hits = maybe[self._hashes[slots] == hashes[maybe]]
+        records = np.searchsorted(offsets, hits, side="right") - 1
+        # The first hit of each record (hits are in text order).
+        records, first = np.unique(records, return_index=True)
+        for record, hit in zip(records.tolist(), hits[first].tolist(), strict=True):
+            start = hit - int(offsets[record])
+            gram = b" ".join(word_strings[record].split(b" ")[start : start + self.n]).decode("utf-8")
+            slot = int(np.searchsorted(self._hashes, hashes[hit]))
+            found[record] = (gram, self._names[int(self._owners[slot])])
+        return found

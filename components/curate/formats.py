@@ -42,6 +42,8 @@ REJECT_REASONS: dict[str, str] = {
     "eval_overlap": "prompt+response equal an eval_set record (kept out of training to keep eval honest)",
     "contaminated": "prompt+response share a run of decontamination_ngram words with an eval_set record",
     "duplicate": "same normalized (system, prompt, response) as a record kept earlier",
+    "near_duplicate": "same system prompt and prompt+response near_dedup_threshold-similar to a kept record",
+    "val_contaminated": "prompt+response share a run of decontamination_ngram words with a val.jsonl record",
 }
 
 # The curation stage each reason belongs to (stats.json "stages" counts rejects per stage), in
@@ -77,12 +79,16 @@ REASON_STAGES: dict[str, str] = {
     "eval_overlap": "decontamination",
     "contaminated": "decontamination",
     "duplicate": "dedup",
+    "near_duplicate": "near_dedup",
+    # Checked last, once the hash split's val records are known (see curate.py).
+    "val_contaminated": "decontamination",
 }
-STAGES: tuple[str, ...] = ("parse", "quality", "pii", "decontamination", "dedup")
+STAGES: tuple[str, ...] = ("parse", "quality", "pii", "decontamination", "dedup", "near_dedup")
 
 FORMAT_INPUT_OUTPUT = "input_output"
 FORMAT_PROMPT_COMPLETION = "prompt_completion"
 FORMAT_CHAT = "chat"
+FORMATS = (FORMAT_INPUT_OUTPUT, FORMAT_PROMPT_COMPLETION, FORMAT_CHAT)
 
 # Which keys identify which format, and the two fields each non-chat format needs.
 _FORMAT_KEYS: dict[str, tuple[str, ...]] = {
@@ -99,14 +105,15 @@ _CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class Rejection(Exception):
-    """A line that cannot become a training record."""
+    """A line that cannot become a training record; `kept_id` names the record a duplicate repeats."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, kept_id: str | None = None) -> None:
         if reason not in REJECT_REASONS:
             raise ValueError(f"unknown reject reason {reason!r}")
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.kept_id = kept_id
 
 
 @dataclass(frozen=True)
@@ -138,14 +145,19 @@ def json_type(value: Any) -> str:
 
 def normalize_text(text: str) -> str:
     """NFC, \\n line endings, no control characters except \\n and \\t, no surrounding whitespace."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return unicodedata.normalize("NFC", _CONTROL_CHARS.sub("", text)).strip()
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL_CHARS.sub("", text)
+    # ASCII text is already NFC; skipping the call saves time on most records.
+    return (text if text.isascii() else unicodedata.normalize("NFC", text)).strip()
 
 
 def _normalize_field(value: str, field: str) -> str:
     try:
-        # json.loads turns a lone "\ud800" escape into a str that cannot be written as UTF-8.
-        value.encode("utf-8")
+        # json.loads turns a lone "\ud800" escape into a str that cannot be written as UTF-8
+        # (ASCII text cannot hold one).
+        if not value.isascii():
+            value.encode("utf-8")
     except UnicodeEncodeError as error:
         raise Rejection(
             "invalid_utf8", f"{field} contains an unpaired surrogate escape at character {error.start}"
@@ -166,11 +178,15 @@ def decode_line(raw: bytes) -> str:
         ) from None
 
 
+# strict=False accepts raw tabs/newlines inside strings, which many exporters write;
+# normalization cleans them afterwards. One decoder for all lines: json.loads with an
+# argument builds a new one per call.
+_JSON = json.JSONDecoder(strict=False)
+
+
 def parse_json_object(text: str) -> dict[str, Any]:
-    # strict=False accepts raw tabs/newlines inside strings, which many exporters write;
-    # normalization cleans them afterwards.
     try:
-        value = json.loads(text, strict=False)
+        value = _JSON.decode(text)
     except json.JSONDecodeError as error:
         raise Rejection("malformed_json", f"{error.msg} (column {error.colno})") from None
     if not isinstance(value, dict):
@@ -198,6 +214,8 @@ def _system_field(obj: dict[str, Any]) -> str:
 def detect_format(obj: dict[str, Any]) -> str:
     """Name the format an object's keys select; exactly one must match."""
     matches = [name for name, keys in _FORMAT_KEYS.items() if any(key in obj for key in keys)]
+    if len(matches) == 1 and not (matches[0] == FORMAT_INPUT_OUTPUT and "instruction" in obj):
+        return matches[0]
     seen = ", ".join(sorted(obj)) or "none"
     if not matches:
         raise Rejection(
@@ -207,13 +225,10 @@ def detect_format(obj: dict[str, Any]) -> str:
     if len(matches) > 1:
         several = ", ".join(matches)
         raise Rejection("unknown_format", f"keys of more than one format ({several}); keys seen: {seen}")
-    if matches[0] == FORMAT_INPUT_OUTPUT and "instruction" in obj:
-        # Alpaca-style records: using only "input" would silently drop the instruction.
-        raise Rejection(
-            "unknown_format",
-            "Alpaca-style 'instruction' field is not supported; merge it into 'input'",
-        )
-    return matches[0]
+    # Alpaca-style records: using only "input" would silently drop the instruction.
+    raise Rejection(
+        "unknown_format", "Alpaca-style 'instruction' field is not supported; merge it into 'input'"
+    )
 
 
 def _chat_message(message: Any, index: int) -> tuple[str, str]:
@@ -355,6 +370,6 @@ def content_digest(record: ParsedRecord) -> bytes:
     return _sha256(record.prompt, record.response)
 
 
-def in_validation(record: ParsedRecord, val_fraction: float) -> bool:
-    """Deterministic split: the first 8 bytes of `content_digest` as a fraction of 2**64."""
-    return int.from_bytes(content_digest(record)[:8], "big") < val_fraction * 2**64
+def in_validation(content: bytes, val_fraction: float) -> bool:
+    """Deterministic split: the first 8 bytes of a record's `content_digest` as a fraction of 2**64."""
+    return int.from_bytes(content[:8], "big") < val_fraction * 2**64

@@ -33,10 +33,14 @@ PII_TYPES: tuple[str, ...] = (
 
 _AWS_ACCESS_KEY = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 # Only the 40-character value is replaced; the key-like word before it stays so the text reads.
+# "secret", "secret key", "secret_access_key", "SECRET-ACCESS-KEY" (any case, any of " ", "_",
+# "-" between the words), then an optional quote, ":", "=", "is" or "was", then the value:
+# as an assignment (aws_secret_access_key = ...) or in a sentence ("the secret key is ...").
 _AWS_SECRET_KEY = re.compile(
-    r"(?i:aws_secret_access_key|aws_secret_key|secret_access_key|secret_key|secret)"
-    r"[\"']?\s*[:=]?\s*[\"']?"
-    r"(?P<value>(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
+    r"(?i:secret(?:[ _-]?access)?(?:[ _-]?key)?)"
+    r"[\"']?\s*(?:[:=]|(?i:is|was)\b)?\s*[\"']?"
+    # Not inside a longer token; "=" may precede it (SECRET_KEY=...): it only ends base64.
+    r"(?P<value>(?<![A-Za-z0-9/+])[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
 )
 _API_TOKEN = re.compile(
     r"\b(?:"
@@ -130,6 +134,48 @@ _RULES: dict[str, tuple[re.Pattern[str], Callable[[str], bool] | None, str | Non
 }
 
 
+# Cheap necessary conditions, tested before a type's pattern runs: most text holds no "@",
+# no "secret" and no long digit run, and a substring test (a memchr-speed scan) costs a
+# fraction of a full pattern's scan. Each must hold for every text the pattern can match.
+_DIGIT = re.compile(r"\d")
+_DIGIT_RUN = re.compile(r"\d[\d ()./-]{7,}\d")  # a card, an SSN and a phone each hold 9+ digits
+_DOTTED_DIGITS = re.compile(r"\d\.\d")
+
+
+def _has_digits(text: str) -> bool:
+    # \d also matches non-ASCII digits (which the patterns accept too), so only ASCII text
+    # may use the quick substring tests alone.
+    return any(digit in text for digit in "0123456789") or (
+        not text.isascii() and _DIGIT.search(text) is not None
+    )
+
+
+def _may_hold_token(text: str) -> bool:
+    # gh?_ and github_pat_ need "_"; xox?- and sk- need "-"; and AIza itself.
+    return (
+        ("_" in text and ("gh" in text or "github_pat_" in text))
+        or ("-" in text and ("xox" in text or "sk-" in text))
+        or "AIza" in text
+    )
+
+
+_MAY_MATCH: dict[str, Callable[[str], bool]] = {
+    "AWS_ACCESS_KEY": lambda text: "AKIA" in text or "ASIA" in text,
+    "AWS_SECRET_KEY": lambda text: "secret" in text.lower(),
+    "API_TOKEN": _may_hold_token,
+    "EMAIL": lambda text: "@" in text,
+    "IPV6": lambda text: text.count(":") >= 3,
+    "IPV4": lambda text: "." in text and _DOTTED_DIGITS.search(text) is not None,
+    "CARD": lambda text: _DIGIT_RUN.search(text) is not None,
+    "SSN": lambda text: "-" in text and _DIGIT_RUN.search(text) is not None,
+    "PHONE": lambda text: _DIGIT_RUN.search(text) is not None,
+}
+# Checked once per text, before these types' own conditions: without a digit none can match.
+# (Placeholders written by earlier types hold digits, "[IPV6]", but always after a letter,
+# where no digit pattern may start.)
+_NEEDS_DIGITS = frozenset({"IPV4", "CARD", "SSN", "PHONE"})
+
+
 def _substitute(text: str, pii_type: str, found: Counter[str]) -> str:
     pattern, check, group = _RULES[pii_type]
     placeholder = f"[{pii_type}]"
@@ -151,16 +197,25 @@ def _substitute(text: str, pii_type: str, found: Counter[str]) -> str:
 def redact(text: str) -> tuple[str, Counter[str]]:
     """`text` with every match replaced by `[TYPE]`, and how many of each type were replaced."""
     found: Counter[str] = Counter()
+    return _redact_into(text, found), found
+
+
+def _redact_into(text: str, found: Counter[str]) -> str:
+    if not text:
+        return text
+    has_digits = _has_digits(text)
     for pii_type in PII_TYPES:
-        text = _substitute(text, pii_type, found)
-    return text, found
+        if (has_digits or pii_type not in _NEEDS_DIGITS) and _MAY_MATCH[pii_type](text):
+            text = _substitute(text, pii_type, found)
+    return text
 
 
 def redact_record(record: ParsedRecord) -> tuple[ParsedRecord, Counter[str]]:
     """`record` with prompt, response and system redacted, and the counts of all three together."""
     found: Counter[str] = Counter()
-    fields: dict[str, str] = {}
-    for name in ("prompt", "response", "system"):
-        fields[name], counts = redact(getattr(record, name))
-        found += counts
-    return (replace(record, **fields) if found else record), found
+    prompt = _redact_into(record.prompt, found)
+    response = _redact_into(record.response, found)
+    system = _redact_into(record.system, found)
+    if not found:
+        return record, found
+    return replace(record, prompt=prompt, response=response, system=system), found

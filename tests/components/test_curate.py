@@ -74,6 +74,14 @@ def assert_accounted(
         assert all(record.source == eval_uri for record in val)
     else:
         assert input_lines == len(train) + len(val) + len(rejects)
+    # Every reject names its place, stage and reason and keeps the line's text.
+    for reject in rejects:
+        assert reject["stage"] == formats.REASON_STAGES[reject["reason"]]
+        assert isinstance(reject["line"], int) and reject["line"] >= 1
+        assert reject["source"] and isinstance(reject["text"], str) and reject["detail"]
+    assert stats["stages"] == {
+        stage: sum(1 for reject in rejects if reject["stage"] == stage) for stage in formats.STAGES
+    }
     # No line is both kept and rejected, and none is counted twice.
     places = [(record.source, record.line) for record in train + val]
     places += [(reject["source"], reject["line"]) for reject in rejects]
@@ -280,6 +288,30 @@ def test_huge_reject_text_is_truncated_and_marked(tmp_path: Path) -> None:
     assert reject["truncated"] is True and 1_000 < len(reject["text"]) < 100_000
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_lines_are_numbered_across_read_blocks(tmp_path: Path, compress: bool) -> None:
+    # Inputs are read in blocks of about 1 MiB of whole lines: a 3 MiB line, thousands of
+    # lines and a last line without a newline must all keep their numbers.
+    huge = {"input": "q", "output": "y" * (3 << 20)}
+    lines = [{"input": f"question {i}", "output": f"answer {i} " + "z" * (i % 700)} for i in range(3000)]
+    lines[1200] = huge
+    lines[2500] = "{broken"
+    data = b"".join(
+        json.dumps(line).encode() + b"\n" if isinstance(line, dict) else b"{broken\n" for line in lines
+    )
+    source = tmp_path / ("data.jsonl.gz" if compress else "data.jsonl")
+    source.write_bytes(gzip.compress(data[:-1]) if compress else data[:-1])  # no final newline
+    out = tmp_path / "out"
+    result = curate(CurateConfig(inputs=[str(source)], output=str(out), val_fraction=0.0))
+    assert_accounted(out, [source], result=result)
+    assert {line: reject["reason"] for line, reject in rejects_by_line(out).items()} == {
+        1201: "too_long",
+        2501: "malformed_json",
+    }
+    assert [record.line for record in kept(out)] == [n for n in range(1, 3001) if n not in (1201, 2501)]
+    assert all(record.prompt == f"question {record.line - 1}" for record in kept(out))
+
+
 def test_invalid_utf8_rejects_only_its_line(tmp_path: Path) -> None:
     result, out = run(
         tmp_path, [GOOD, b"\xff\xfe garbage", {"prompt": "p", "completion": "c"}], val_fraction=0.0
@@ -392,8 +424,11 @@ def test_duplicates_across_formats_are_detected(tmp_path: Path) -> None:
 
 
 def test_dedup_off_keeps_duplicates(tmp_path: Path) -> None:
-    result, _ = run(tmp_path, [GOOD, GOOD], val_fraction=0.0, dedup=False)
+    result, _ = run(tmp_path, [GOOD, GOOD], val_fraction=0.0, dedup=False, near_dedup=False)
     assert (result.train_records, result.rejected) == (2, 0)
+    # An exact copy is also a near duplicate (similarity 1), so near-dedup alone removes it.
+    result, _ = run(tmp_path, [GOOD, GOOD], val_fraction=0.0, dedup=False)
+    assert result.rejected_by_reason == {"near_duplicate": 1}
 
 
 def _many(prefix: str, count: int) -> list[dict[str, str]]:
