@@ -223,3 +223,15 @@ def test_every_rank_knows_how_many_micro_batches_the_busiest_rank_packs(monkeypa
         monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
         mine, most = train_module._packed_micro_batches(group, accumulation=1, token_budget=10)
         assert len(mine) == expected and most == 2
+
+
+def test_a_filler_micro_batch_runs_backward_through_every_adapter(tiny_base_model) -> None:
+    """The empty micro batch an FSDP rank runs to keep step with the others: zero loss, and its
+    backward still reaches every layer (FSDP reduces each layer's gradients in backward)."""
+    model = lora_model(tiny_base_model, attention=register_packed_attention())
+    fuse_lora_layers(model)
+    loss = PackedCausalLM(model)(**vars(packed_batch([EncodedExample(input_ids=[0], labels=[IGNORE_INDEX])])))
+    loss.backward()
+    grads = lora_gradients(model)
+    assert loss.item() == 0.0 and len(grads) == 2 * 7 * 2
+    assert all(float(grad.abs().max()) == 0.0 for grad in grads.values())
