@@ -15,6 +15,7 @@ The manifest is written last (by `storage.publish_dir`), only when curation succ
 from __future__ import annotations
 
 import codecs
+import gc
 import gzip
 import json
 import logging
@@ -710,6 +711,23 @@ class _Pending(NamedTuple):
     words: bytes  # its word string (empty when no stage needs it)
 
 
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector rarely for a while, then restore its thresholds.
+
+    The first pass allocates many short-lived containers (all freed by reference counting)
+    while the exact-dedup index grows; at the default thresholds the collector scans that
+    index again and again.
+    """
+    thresholds = gc.get_threshold()
+    if thresholds[0]:  # 0: automatic collection is off, leave it so
+        gc.set_threshold(max(thresholds[0], 100_000), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+
+
 def _worker_count(config: CurateConfig) -> int:
     if config.workers:
         return config.workers
@@ -824,7 +842,10 @@ class _Curation:
 
     def read_inputs(self, workers: int) -> None:
         config = self.config
-        with ScreenPool(workers, self._settings(eval_set=False), self.eval_lines) as pool:
+        with (
+            _fewer_collections(),
+            ScreenPool(workers, self._settings(eval_set=False), self.eval_lines) as pool,
+        ):
             for index, uri in enumerate(config.inputs):
                 tally = self.tallies[uri] = SourceTally(role="input")
                 log.info("curate: reading %s (%d/%d)", uri, index + 1, len(config.inputs))
@@ -856,29 +877,46 @@ class _Curation:
         shared = self.eval_ngrams.match(chunk.words) if self.eval_ngrams else None
         kept_at = self.kept_at
         fresh: list[int] = []
-        for position, line in enumerate(chunk.lines):
-            try:
-                if shared is not None and shared[position] is not None:
-                    gram, owner = shared[position]
-                    raise Rejection(
-                        "contaminated",
-                        f"shares the {config.decontamination_ngram}-word sequence {gram!r} with eval "
-                        f"record {owner}",
-                    )
-                if config.dedup:
-                    digest = chunk.digests[position]
-                    original = kept_at.get(digest)
-                    if original is not None:
-                        kept_id = digest.hex()[:16]
-                        where = f"{config.inputs[original[0]]}:{original[1]}"
-                        raise Rejection(
-                            "duplicate", f"duplicate of record {kept_id} kept from {where}", kept_id=kept_id
-                        )
+        if shared is None and config.dedup:
+            # The common case, exact dedup alone, without the general loop's exception handling.
+            for position, (line, digest) in enumerate(zip(chunk.lines, chunk.digests, strict=True)):
+                original = kept_at.get(digest)
+                if original is None:
                     kept_at[digest] = (index, line)
-            except Rejection as rejection:
+                    fresh.append(position)
+                    continue
+                kept_id = digest.hex()[:16]
+                where = f"{config.inputs[original[0]]}:{original[1]}"
+                rejection = Rejection(
+                    "duplicate", f"duplicate of record {kept_id} kept from {where}", kept_id=kept_id
+                )
                 self.sink.reject(uri, line, rejection, item_text(items[line - first]), tally)
-                continue
-            fresh.append(position)
+        else:
+            for position, line in enumerate(chunk.lines):
+                try:
+                    if shared is not None and shared[position] is not None:
+                        gram, owner = shared[position]
+                        raise Rejection(
+                            "contaminated",
+                            f"shares the {config.decontamination_ngram}-word sequence {gram!r} with eval "
+                            f"record {owner}",
+                        )
+                    if config.dedup:
+                        digest = chunk.digests[position]
+                        original = kept_at.get(digest)
+                        if original is not None:
+                            kept_id = digest.hex()[:16]
+                            where = f"{config.inputs[original[0]]}:{original[1]}"
+                            raise Rejection(
+                                "duplicate",
+                                f"duplicate of record {kept_id} kept from {where}",
+                                kept_id=kept_id,
+                            )
+                        kept_at[digest] = (index, line)
+                except Rejection as rejection:
+                    self.sink.reject(uri, line, rejection, item_text(items[line - first]), tally)
+                    continue
+                fresh.append(position)
         if self.deferred:
             self._park(index, first, items, chunk, fresh)
             return

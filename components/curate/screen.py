@@ -13,6 +13,7 @@ so the output is the same whatever the number of workers.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -157,7 +158,7 @@ def screen(
     uri: str, line: int, item: Item, settings: ScreenSettings, eval_lines: dict[bytes, int] | None
 ) -> Screened | Refused:
     """One line through the per-record stages; `eval_lines` maps eval content digests to eval lines."""
-    found: Counter[str] = Counter()
+    found: Counter[str] | None = None
     try:
         parsed = parse_item(item)
         formats.check_lengths(
@@ -172,7 +173,7 @@ def screen(
             if found and settings.pii == "reject":
                 raise Rejection("pii", pii_detail(found))
             parsed = redacted
-        content = formats.content_digest(parsed)
+        digest, content = formats.digests(parsed)
         if eval_lines is not None:
             eval_line = eval_lines.get(content)
             if eval_line is not None:
@@ -182,7 +183,6 @@ def screen(
     except Rejection as rejection:
         # A record rejected as pii reports what it held; others report nothing.
         return Refused(line, rejection.reason, rejection.detail, found or None)
-    digest = formats.identity_digest(parsed)
     return Screened(
         line=line,
         record=record_line(parsed, uri, line, digest).encode("utf-8"),
@@ -246,24 +246,48 @@ def screen_chunk(
     uri, first, items = chunk
     refused: list[Refused] = []
     screened: list[Screened] = []
+    # The columns are filled as records pass: one loop, not one list comprehension per column.
+    lines: list[int] = []
+    records: list[bytes] = []
+    digests: list[bytes] = []
+    to_val = bytearray()
+    format_codes = bytearray()
+    prompt_chars: list[int] = []
+    response_chars: list[int] = []
+    found: dict[int, Counter[str]] = {}
+    words: list[bytes] = []
+    format_code = {name: code for code, name in enumerate(formats.FORMATS)}
     for line, item in enumerate(items, start=first):
         result = screen(uri, line, item, settings, eval_lines)
-        (refused if isinstance(result, Refused) else screened).append(result)
+        if isinstance(result, Refused):
+            refused.append(result)
+            continue
+        if result.found:
+            found[len(lines)] = result.found
+        screened.append(result)
+        lines.append(line)
+        records.append(result.record)
+        digests.append(result.digest)
+        to_val.append(result.to_val)
+        format_codes.append(format_code[result.format])
+        prompt_chars.append(result.prompt_chars)
+        response_chars.append(result.response_chars)
+        words.append(result.words)
     if sketcher is not None and screened:
         signed, signatures, keys = sketcher.sketch(screened)
     else:
         signed, signatures, keys = [], np.zeros((0, 0), np.uint32), np.zeros((0, 0), np.uint64)
     return ScreenedChunk(
         refused=refused,
-        lines=[record.line for record in screened],
-        records=[record.record for record in screened],
-        digests=[record.digest for record in screened],
-        to_val=bytes(record.to_val for record in screened),
-        formats=bytes(formats.FORMATS.index(record.format) for record in screened),
-        prompt_chars=[record.prompt_chars for record in screened],
-        response_chars=[record.response_chars for record in screened],
-        found={position: record.found for position, record in enumerate(screened) if record.found},
-        words=[record.words for record in screened] if settings.words else [],
+        lines=lines,
+        records=records,
+        digests=digests,
+        to_val=bytes(to_val),
+        formats=bytes(format_codes),
+        prompt_chars=prompt_chars,
+        response_chars=response_chars,
+        found=found,
+        words=words if settings.words else [],
         signed=signed,
         signatures=signatures,
         band_keys=keys,
@@ -275,6 +299,11 @@ _worker_state: tuple[ScreenSettings, dict[bytes, int] | None, Sketcher | None] |
 
 def _init_worker(settings: ScreenSettings, eval_lines: dict[bytes, int] | None) -> None:
     global _worker_state
+    # Screening makes no reference cycles (its objects die by reference counting), so collections
+    # triggered by its many short-lived dicts and lists only cost time: collect rarely, and never
+    # scan what the worker inherited from its parent.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 50)
     _worker_state = (settings, eval_lines, Sketcher(settings.sketch) if settings.sketch else None)
 
 
