@@ -6,12 +6,19 @@ Each serving mode describes its models with these typed pieces and renders them 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.build.pbtxt import Ident, map_entries
+
+MODEL_VERSION = "1"  # every model build writes is served as version 1
+# The helpers llmft's python-backend models (trtllm pre/postprocessing, llmapi) import by this name.
+PYTHON_UTILS_NAME = "llmft_triton_utils.py"
+_PYTHON_UTILS_FILE = Path(__file__).parent / "triton_python_utils.py"
 
 TritonDataType = Literal["TYPE_STRING", "TYPE_INT32", "TYPE_UINT64", "TYPE_FP32", "TYPE_BOOL"]
 InstanceKind = Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU"]
@@ -62,3 +69,9 @@ def string_parameters(values: Mapping[str, str]) -> list[dict[str, Any]]:
 def flag(value: bool) -> str:
     """A boolean as the tensorrtllm backend and our python models read it."""
     return "true" if value else "false"
+
+
+def install_python_model(model_file: Path, version_dir: Path) -> None:
+    """Put a python-backend model (as `model.py`) and the helpers it imports into its version directory."""
+    shutil.copyfile(model_file, version_dir / "model.py")
+    shutil.copyfile(_PYTHON_UTILS_FILE, version_dir / PYTHON_UTILS_NAME)

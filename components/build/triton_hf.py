@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.build.pbtxt import to_pbtxt
 from components.build.triton_config import (
+    MODEL_VERSION,
     InstanceKind,
     TensorSpec,
     instance_group,
@@ -33,7 +34,6 @@ from components.storage import MANIFEST_NAME
 log = logging.getLogger(__name__)
 
 MODEL_FILE = Path(__file__).with_name("triton_hf_model.py")
-MODEL_VERSION = "1"
 CHECKPOINT_DIRNAME = "checkpoint"
 
 # Triton's instance kind for each device setting. KIND_AUTO puts instances on the GPUs

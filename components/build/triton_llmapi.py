@@ -24,19 +24,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.build.pbtxt import to_pbtxt
-from components.build.triton_config import TensorSpec, instance_group, string_parameters, tensors
+from components.build.triton_config import (
+    MODEL_VERSION,
+    TensorSpec,
+    install_python_model,
+    instance_group,
+    string_parameters,
+    tensors,
+)
 from components.build.trtllm_settings import TritonTrtllmSettings, TrtllmSettings
 from components.storage import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "1"
 CHECKPOINT_DIRNAME = "checkpoint"
 MODEL_YAML = "model.yaml"
-UTILS_NAME = "llmft_triton_utils.py"
-_HERE = Path(__file__).parent
-MODEL_FILE = _HERE / "trtllm_llmapi_model.py"
-UTILS_FILE = _HERE / "triton_python_utils.py"
+MODEL_FILE = Path(__file__).parent / "trtllm_llmapi_model.py"
 
 
 class LlmapiSettings(BaseModel):
@@ -129,8 +132,7 @@ def write_llmapi_repository(checkpoint_dir: Path, repository_dir: Path, settings
     (version_dir / MODEL_YAML).write_text(
         yaml.safe_dump(model_yaml(settings), sort_keys=False), encoding="utf-8"
     )
-    shutil.copyfile(MODEL_FILE, version_dir / "model.py")
-    shutil.copyfile(UTILS_FILE, version_dir / UTILS_NAME)
+    install_python_model(MODEL_FILE, version_dir)
     shutil.copytree(
         checkpoint_dir, version_dir / CHECKPOINT_DIRNAME, ignore=shutil.ignore_patterns(MANIFEST_NAME)
     )

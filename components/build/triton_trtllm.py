@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components.build.pbtxt import to_pbtxt
 from components.build.triton_config import (
+    MODEL_VERSION,
     TensorSpec,
     TritonDataType,
     flag,
+    install_python_model,
     instance_group,
     string_parameters,
     tensors,
@@ -41,20 +42,17 @@ from components.build.trtllm_settings import TritonTrtllmSettings
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "1"
 PREPROCESSING = "preprocessing"
 TENSORRT_LLM = "tensorrt_llm"
 POSTPROCESSING = "postprocessing"
 COMPOSING_MODELS = (PREPROCESSING, TENSORRT_LLM, POSTPROCESSING)
 ENGINE_DIRNAME = "engine"
 TOKENIZER_DIRNAME = "tokenizer"
-UTILS_NAME = "llmft_triton_utils.py"
 ENSEMBLE_PLACEHOLDER = ".llmft-ensemble"
 
 _HERE = Path(__file__).parent
 PREPROCESSING_FILE = _HERE / "trtllm_preprocessing_model.py"
 POSTPROCESSING_FILE = _HERE / "trtllm_postprocessing_model.py"
-UTILS_FILE = _HERE / "triton_python_utils.py"
 
 
 class EnsembleSettings(BaseModel):
@@ -307,8 +305,7 @@ def write_ensemble_repository(checkpoint_dir: Path, repository_dir: Path, settin
     )
     for name, model_file in ((PREPROCESSING, PREPROCESSING_FILE), (POSTPROCESSING, POSTPROCESSING_FILE)):
         version_dir = repository_dir / name / MODEL_VERSION
-        shutil.copyfile(model_file, version_dir / "model.py")
-        shutil.copyfile(UTILS_FILE, version_dir / UTILS_NAME)
+        install_python_model(model_file, version_dir)
         save_tokenizer(checkpoint_dir, version_dir / TOKENIZER_DIRNAME)
     log.info("wrote the TensorRT-LLM ensemble %s (engine path %s)", settings.model_name, settings.engine_path)
     return repository_dir / TENSORRT_LLM / MODEL_VERSION / ENGINE_DIRNAME
