@@ -310,6 +310,7 @@ def test_manifest_yaml_is_deterministic_and_complete() -> None:
 def test_torchrun_reads_the_operator_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The container command needs no rendezvous flags: torchrun takes them from the PET_* variables."""
     import torch.distributed.run as run  # the test environment always has torch (the train extra)
+
     name = job_name(RUN_ID, "train")
     # What Training Operator v1 sets on worker index 1 of a 4-node job with nprocPerNode "8".
     operator_env = {
