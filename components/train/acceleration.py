@@ -12,7 +12,10 @@ Only the norm, rotary and SwiGLU kernels are used: the loss is llmft's own fused
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -24,19 +27,43 @@ LIGER_KERNELS = {
     "cross_entropy": False,
     "fused_linear_cross_entropy": False,
 }
+# The one module-level function the patched model instance still looks up at call time.
+ROTARY_FUNCTION = "apply_rotary_pos_emb"
 
 
 def use_liger_kernels(model: Any) -> bool:
     """Swap `model`'s norms, rotary embeddings and MLP activations for Liger's kernels.
 
     Returns False, with a warning, where liger-kernel is not installed (it is in the train
-    image: the `gpu` extra). Liger patches module instances; its rotary kernel replaces the
-    function in the model family's transformers module, for the rest of the process.
+    image: the `gpu` extra). Liger patches the module instances and, besides, replaces the
+    norm and MLP classes and the rotary function in the model family's transformers module,
+    which would reach every model the process builds later, on any device (its Triton
+    kernels fail on CPU tensors). So the classes are put back, and the rotary function
+    becomes one that takes Liger's kernel for CUDA tensors and transformers' own otherwise.
     """
     try:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
     except ImportError:
         log.warning("liger-kernel is not installed (pip install 'llmft[gpu]'): training without its kernels")
         return False
+    module = sys.modules[type(model).__module__]
+    before = dict(vars(module))
     _apply_liger_kernel_to_instance(model=model, **LIGER_KERNELS)
+    for name, value in list(vars(module).items()):
+        if name not in before:
+            delattr(module, name)
+        elif value is not before[name]:
+            restored = _rotary_for_cuda_only(value, before[name]) if name == ROTARY_FUNCTION else before[name]
+            setattr(module, name, restored)
     return True
+
+
+def _rotary_for_cuda_only(kernel: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    original = getattr(original, "transformers_rotary", original)  # patched again: wrap the real one
+
+    @functools.wraps(original)
+    def apply_rotary_pos_emb(query: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
+        return (kernel if query.is_cuda else original)(query, key, *args, **kwargs)
+
+    apply_rotary_pos_emb.transformers_rotary = original  # type: ignore[attr-defined]
+    return apply_rotary_pos_emb

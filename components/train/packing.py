@@ -9,8 +9,9 @@ is never trained to predict the first token of the next. The loss is therefore e
 padded batch's loss.
 
 `packed_attention` is registered with transformers as the attention implementation
-"llmft_packed": variable-length flash attention on CUDA (`torch.nn.attention.varlen`), one
-causal scaled-dot-product attention per example elsewhere.
+"llmft_packed": variable-length flash attention on CUDA in fp16 or bf16
+(`torch.nn.attention.varlen`), one causal scaled-dot-product attention per example elsewhere
+(CPUs, and fp32 on a GPU, which the flash kernel does not take).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from components.train.data import IGNORE_INDEX, EncodedExample
 
 ATTENTION_NAME = "llmft_packed"
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def packed_attention(
         return out.transpose(1, 2).contiguous(), None
     if query.shape[0] != 1:
         raise ValueError(f"packed attention takes one packed row, got a batch of {query.shape[0]}")
-    if query.is_cuda and _VARLEN is not None:
+    if query.is_cuda and _VARLEN is not None and query.dtype in FLASH_DTYPES:
         # (tokens, heads, dim); fewer key/value heads (GQA) go in as they are: the flash kernel
         # shares each among its query heads.
         q, k, v = (tensor[0].transpose(0, 1) for tensor in (query, key, value))

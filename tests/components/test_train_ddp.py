@@ -400,16 +400,21 @@ def test_gpu_resume_matches_an_uninterrupted_run(tiny_base_model, dataset, tmp_p
     assert {"train_loss", "learning_rate", "tokens_per_second", "gpu_memory_gib"} <= set(logged[5])
     assert 0 < logged[5]["gpu_memory_gib"] < 80
 
-    original, calls = train_module._accumulate_gradients, 0
+    calls = 0
 
-    def crash_in_step_7(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        if calls == 7:
-            raise RuntimeError("injected crash")
-        return original(*args, **kwargs)
+    def crash_in_step_7(original):
+        def accumulate(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == 7:
+                raise RuntimeError("injected crash")
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_accumulate_gradients", crash_in_step_7)
+        return accumulate
+
+    # One of the two runs each step: packed (fused, the default) or padded micro batches.
+    for name in ("_accumulate_packed", "_accumulate_gradients"):
+        monkeypatch.setattr(train_module, name, crash_in_step_7(getattr(train_module, name)))
     with pytest.raises(RuntimeError, match="injected crash"):
         train(gpu_config(tiny_base_model, dataset, tmp_path / "b", lora=lora))
     monkeypatch.undo()
@@ -493,7 +498,9 @@ def test_two_gpus_fsdp_trains_in_bf16_with_gradient_checkpointing(tiny_base_mode
 @pytest.mark.gpu
 def test_two_gpus_fsdp_holds_less_than_the_whole_model(dataset, tmp_path) -> None:
     """A 24-layer model (1.1 GiB in fp32): under DDP rank 0's peak exceeds the model's size, under
-    FSDP it stays below it: each GPU holds half the weights and one or two whole layers at a time."""
+    FSDP it stays below it: each GPU holds half the weights and one or two whole layers at a time.
+    Activations are recomputed (gradient_checkpointing): kept, the 24 layers' activations of a
+    packed micro batch take about 0.4 GiB, which would blur what the weights take."""
     from components.sample.tiny_model import TinyModelConfig, build_tiny_model
 
     assert torch.cuda.device_count() >= 2, "these gpu tests run on a 2-GPU machine: pytest -m gpu"
@@ -504,7 +511,13 @@ def test_two_gpus_fsdp_holds_less_than_the_whole_model(dataset, tmp_path) -> Non
     peaks = {}
     for sharding in ("ddp", "fsdp"):
         config = gpu_config(
-            base, dataset, tmp_path / sharding, sharding=sharding, max_steps=2, save_every_steps=0
+            base,
+            dataset,
+            tmp_path / sharding,
+            sharding=sharding,
+            max_steps=2,
+            save_every_steps=0,
+            gradient_checkpointing=True,
         )
         run_torchrun(config, nproc_per_node=2, timeout_s=300)
         peaks[sharding] = metrics_of(tmp_path / sharding)["gpu_memory_gib"]
