@@ -14,6 +14,13 @@ loss on responses only, where padding is what the packed path saves.
   SwiGLU, RoPE kernels).
 - `llmft`: llmft's own training step, the functions `components.train.train` runs:
   packed micro batches (`_accumulate_packed`), fused LoRA, fused loss, varlen attention.
+- `nemo`: the `nemo` backend: NeMo AutoModel's fine-tuning recipe with the YAML that
+  `components.train.nemo_backend.recipe_config` writes for a checkpoint of the shape with
+  random weights (saved once per shape under --models), changed only in its data (AutoModel's
+  own mock data: random tokens, SEQ long, every token scored) and without checkpoints.
+  Throughput comes from the recipe's per-step log (training.jsonl). Like the backend, it runs
+  AutoModel with the interpreter LLMFT_NEMO_PYTHON names (else this one), as AutoModel pins
+  its own transformers.
 
 Prints one table and writes train_speed.json (with the GPU, versions and command) to --out.
 """
@@ -60,7 +67,7 @@ SHAPES = {
 
 @dataclass(frozen=True)
 class Row:
-    stack: str  # peft | liger | llmft
+    stack: str  # peft | liger | llmft | nemo
     shape: str
     micro_batch: int  # sequences per micro batch (llmft: token budget = micro_batch x SEQ)
     checkpointing: bool
@@ -85,6 +92,9 @@ ROWS = [
     Row("llmft", "llama-3.2-1b", 8, False, "dataset"),
     Row("llmft", "llama-3.1-8b", 4, False, gpus=2),
     Row("llmft", "llama-3.2-1b", 8, False, gpus=2),
+    Row("nemo", "llama-3.1-8b", 4, True),
+    Row("nemo", "llama-3.1-8b", 2, False),
+    Row("nemo", "llama-3.2-1b", 8, False),
 ]
 
 
@@ -238,6 +248,107 @@ def run_row(row: Row, steps: int, warmup: int, profile_dir: Path | None) -> dict
     return result
 
 
+def save_base_checkpoint(shape: str, destination: Path) -> None:
+    """A Hugging Face checkpoint of the shape with random bf16 weights and a small tokenizer
+    (AutoModel's recipe loads both from the model directory; the mock data ignores the tokenizer)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from components.sample.tiny_model import TinyModelConfig, build_tokenizer
+
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape]))
+    model.save_pretrained(destination)
+    build_tokenizer(TinyModelConfig(output=str(destination))).save_pretrained(destination)
+
+
+def nemo_recipe(row: Row, steps: int, model_dir: Path, work: Path) -> dict:
+    """The recipe the `nemo` backend writes for this row's settings, with the benchmark's data."""
+    from components.train.nemo_backend import recipe_config
+    from components.train.train import LoraSettings, TrainConfig
+
+    config = TrainConfig(
+        base_model=str(model_dir),
+        data=str(work),
+        output=str(work / "output"),
+        backend="nemo",
+        lora=LoraSettings(r=16, alpha=32, dropout=0.0, target_modules=LORA_TARGETS),
+        micro_batch_size=row.micro_batch,
+        global_batch_size=row.micro_batch * row.gpus,
+        max_length=SEQ,
+        precision="bf16",
+        gradient_checkpointing=row.checkpointing,
+        learning_rate=1e-5,
+        warmup_ratio=0.0,
+    )
+    recipe = recipe_config(
+        config, model_dir, work / "unused.jsonl", work / "unused.jinja", work / "checkpoints", steps, row.gpus
+    )
+    recipe["dataset"] = {
+        "_target_": "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset",
+        "vocab_size": SHAPES[row.shape]["vocab_size"],
+        "seq_len": SEQ,
+        "batch_size": row.micro_batch,
+        "num_samples": steps * 4,
+    }
+    # The mock dataset yields whole micro batches.
+    recipe["dataloader"] = {"_target_": "torch.utils.data.DataLoader", "batch_size": None}
+    recipe["checkpoint"] = {**recipe["checkpoint"], "enabled": False}
+    return recipe
+
+
+def run_nemo_row(row: Row, steps: int, warmup: int, models: Path) -> dict:
+    """Run AutoModel's recipe for warmup + steps steps; throughput over the last `steps`."""
+    import tempfile
+
+    import yaml
+
+    from components.train.nemo_backend import recipe_command
+
+    model_dir = models / row.shape
+    if not (model_dir / "config.json").is_file():  # one checkpoint per shape, saved by a process of its own
+        saved = subprocess.run(
+            [sys.executable, __file__, "--save-base", row.shape, "--out", str(model_dir)],
+            capture_output=True,
+            text=True,
+        )
+        if saved.returncode != 0:
+            raise RuntimeError(f"saving the {row.shape} checkpoint failed\n{saved.stderr[-20000:]}")
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        recipe = nemo_recipe(row, warmup + steps, model_dir, work)
+        config_path = work / "recipe.yaml"
+        config_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        process = subprocess.run(
+            recipe_command(config_path, row.gpus),
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log = work / "checkpoints" / "training.jsonl"
+        logged = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    if process.returncode != 0 or len(logged) < warmup + steps:
+        raise RuntimeError(
+            f"NeMo AutoModel exited with {process.returncode} after logging {len(logged)} of "
+            f"{warmup + steps} steps: {(process.stderr.strip().splitlines() or ['no output'])[-1]}\n"
+            + process.stderr[-20000:]
+        )
+    timed = logged[warmup:]
+    # Each step logs its tokens (labels less the mock data's final -100) and tokens/s since the
+    # previous step; SEQ tokens per sequence were computed, as in the other fixed rows.
+    seconds = sum(step["num_tokens_per_step"] / step["tps"] for step in timed)
+    return {
+        **asdict(row),
+        "steps": steps,
+        "tokens_per_s": len(timed) * row.micro_batch * row.gpus * SEQ / seconds,
+        "peak_gib": max(step["mem"] for step in logged),
+        "loss_first": timed[0]["loss"],
+        "loss_last": timed[-1]["loss"],
+    }
+
+
 def versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -248,6 +359,16 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "absent"
     return found
+
+
+def nemo_versions() -> dict[str, str]:
+    """Versions as the nemo rows' interpreter sees them (AutoModel pins its own transformers)."""
+    names = ("nemo_automodel", "transformers", "torch")
+    probe = f"import json, importlib.metadata as m\nprint(json.dumps({{n: m.version(n) for n in {names!r}}}))"
+    from components.train.nemo_backend import nemo_python
+
+    process = subprocess.run([nemo_python(), "-c", probe], capture_output=True, text=True, check=False)
+    return json.loads(process.stdout) if process.returncode == 0 else {"error": process.stderr[-300:]}
 
 
 def table(results: list[dict]) -> str:
@@ -276,8 +397,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="write a kernel profile per llmft row")
+    parser.add_argument(
+        "--models", default="/tmp/llmft-train-speed", help="where the nemo rows' random checkpoints are saved"
+    )
     parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # child process: run this one row
+    parser.add_argument("--save-base", help=argparse.SUPPRESS)  # child process: save this shape to --out
     args = parser.parse_args()
+    if args.save_base:
+        save_base_checkpoint(args.save_base, Path(args.out))
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.row is not None:
@@ -296,6 +424,15 @@ def main() -> None:
     indexes = range(len(ROWS)) if args.rows == "all" else [int(i) for i in args.rows.split(",")]
     results = []
     for index in indexes:
+        if ROWS[index].stack == "nemo":
+            try:
+                results.append(run_nemo_row(ROWS[index], args.steps, args.warmup, Path(args.models)))
+            except RuntimeError as error:
+                message = str(error)
+                results.append({**asdict(ROWS[index]), "error": message.splitlines()[0]})
+                (out / f"row{index}-stderr.txt").write_text(message)
+            print(table(results[-1:]).splitlines()[-1], flush=True)
+            continue
         gpus = ROWS[index].gpus
         launcher = (
             ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"] if gpus > 1 else []
@@ -333,6 +470,7 @@ def main() -> None:
     report = {
         "gpu": torch.cuda.get_device_name(0),
         "versions": versions(),
+        "nemo_versions": nemo_versions() if any(r["stack"] == "nemo" for r in results) else None,
         "command": " ".join(sys.argv),
         "seq": SEQ,
         "rows": results,

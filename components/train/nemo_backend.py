@@ -115,6 +115,8 @@ def recipe_config(
             "cp_size": 1,
             "pp_size": 1,
             "sequence_parallel": False,
+            # Every decoder layer or none: AutoModel has no per-layer plan like the hf backend's.
+            "activation_checkpointing": config.gradient_checkpointing,
         },
         "loss_fn": {"_target_": "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy"},
         "dataset": {

@@ -77,6 +77,7 @@ def test_recipe_maps_our_settings(tmp_path):
         save_every_steps=50,
         seed=7,
         precision="auto",
+        gradient_checkpointing=True,
     )
     recipe = nemo_backend.recipe_config(
         config,
@@ -105,6 +106,7 @@ def test_recipe_maps_our_settings(tmp_path):
     assert recipe["model"]["torch_dtype"] == "bfloat16"
     assert recipe["model"]["pretrained_model_name_or_path"] == str(tmp_path / "model")
     assert recipe["dataset"]["seq_length"] == 256
+    assert recipe["distributed"]["activation_checkpointing"] is True
     assert recipe["checkpoint"]["checkpoint_dir"] == str(tmp_path / "ckpt")
     assert yaml.safe_load(yaml.safe_dump(recipe)) == recipe
 
