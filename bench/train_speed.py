@@ -1,4 +1,4 @@
-"""Training throughput of the hf backend on one GPU, beside transformers + PEFT and Liger.
+"""Training throughput of the hf backend beside transformers + PEFT, Liger and the nemo backend.
 
     python bench/train_speed.py --out results/ [--rows 0,3,5] [--profile]
 
@@ -308,14 +308,16 @@ def run_nemo_row(row: Row, steps: int, warmup: int, models: Path) -> dict:
     from components.train.nemo_backend import recipe_command
 
     model_dir = models / row.shape
-    if not (model_dir / "config.json").is_file():  # one checkpoint per shape, saved by a process of its own
+    if not model_dir.is_dir():  # one checkpoint per shape, saved by a process of its own
+        partial = models / f"{row.shape}.partial"
         saved = subprocess.run(
-            [sys.executable, __file__, "--save-base", row.shape, "--out", str(model_dir)],
+            [sys.executable, __file__, "--save-base", row.shape, "--out", str(partial)],
             capture_output=True,
             text=True,
         )
         if saved.returncode != 0:
             raise RuntimeError(f"saving the {row.shape} checkpoint failed\n{saved.stderr[-20000:]}")
+        partial.rename(model_dir)  # only a whole checkpoint gets the name that is reused
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         recipe = nemo_recipe(row, warmup + steps, model_dir, work)
