@@ -14,7 +14,6 @@ The manifest is written last (by `storage.publish_dir`), only when curation succ
 
 from __future__ import annotations
 
-import codecs
 import gc
 import gzip
 import json
@@ -47,6 +46,7 @@ from components.curate.screen import (
     MAX_AUTO_WORKERS,
     Block,
     Item,
+    LineRange,
     Refused,
     ScreenedChunk,
     ScreenPool,
@@ -56,6 +56,7 @@ from components.curate.screen import (
     item_bytes,
     item_text,
     screen,
+    split_block,
 )
 
 log = logging.getLogger(__name__)
@@ -316,17 +317,15 @@ def _iter_jsonl(uri: str, path: Path, compressed: bool) -> Iterator[Block]:
     ):
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
+            offset = 0
             while block := stream.read(_BLOCK_BYTES):
                 if not block.endswith(b"\n"):
                     block += stream.readline()  # finish the last line, however long
-                lines = block.split(b"\n")
-                if not lines[-1]:
-                    lines.pop()  # what follows the final newline
-                if number == 0:
-                    # Editors on Windows start files with a UTF-8 byte order mark; JSON does not allow one.
-                    lines[0] = lines[0].removeprefix(codecs.BOM_UTF8)
-                yield number + 1, lines
+                lines = split_block(block, file_start=offset == 0)
+                where = None if compressed else LineRange(str(path), offset, len(block))
+                yield number + 1, lines, where
                 number += len(lines)
+                offset += len(block)
                 bar.update(raw.tell() - bar.n)
         except (OSError, EOFError, zlib.error) as error:
             raise CurateError(f"cannot read {uri} after line {number}: {error}") from error
@@ -356,7 +355,7 @@ def _iter_parquet(uri: str, path: Path) -> Iterator[Block]:
                     {key: value for key, value in row.items() if value is not None}
                     for row in batch.to_pylist()
                 ]
-                yield number + 1, rows
+                yield number + 1, rows, None
                 number += len(rows)
                 bar.update(batch.num_rows)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
@@ -366,7 +365,8 @@ def _iter_parquet(uri: str, path: Path) -> Iterator[Block]:
 def iter_source(uri: str) -> Iterator[Block]:
     """Blocks of lines (JSONL, optionally gzip) or rows (Parquet) of one input, sniffed from its first bytes.
 
-    Each block is (number of its first line or row, 1-based; the lines without line ends, or rows).
+    Each block is (number of its first line or row, 1-based; the lines without line ends, or
+    rows; for uncompressed JSONL, where the block lies in the local file, else None).
     """
     path = _localize(uri)
     with open(path, "rb") as handle:
@@ -817,7 +817,7 @@ class _Curation:
         settings = self._settings(eval_set=True)
         word_strings: list[bytes] = []
         names: list[str] = []
-        for first, items in iter_source(uri):
+        for first, items, _ in iter_source(uri):
             tally.lines += len(items)
             for line, item in enumerate(items, start=first):
                 result = screen(uri, line, item, settings, None)
@@ -849,7 +849,7 @@ class _Curation:
             for index, uri in enumerate(config.inputs):
                 tally = self.tallies[uri] = SourceTally(role="input")
                 log.info("curate: reading %s (%d/%d)", uri, index + 1, len(config.inputs))
-                for (_, first, items), screened in pool.map((uri, *block) for block in iter_source(uri)):
+                for (first, items, _), screened in pool.map(uri, iter_source(uri)):
                     tally.lines += len(items)
                     for refused in screened.refused:
                         self._refuse(uri, items[refused.line - first], refused, tally)

@@ -305,6 +305,55 @@ def test_worker_processes_give_the_same_output(tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
 
 
+def test_workers_read_blocks_of_plain_files_themselves_with_the_same_output(tmp_path, monkeypatch) -> None:
+    """Small blocks, so each file is many LineRanges: a BOM, a last line without its newline, a
+    gzip file (its blocks still go through the pipe), rejects and duplicates across blocks."""
+    import gzip
+
+    from components.curate import curate as curate_module
+
+    monkeypatch.setattr(curate_module, "_BLOCK_BYTES", 2048)
+    rng = random.Random(31)
+    lines: list[Any] = []
+    for index in range(400):
+        lines.append({"input": f"Question {index % 350}", "output": prose(rng, rng.choice([3, 30]))})
+        if index % 41 == 0:
+            lines.append("{broken")
+    plain = write_lines(tmp_path / "plain.jsonl", lines)
+    plain.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().rstrip(b"\n"))
+    packed = tmp_path / "packed.jsonl.gz"
+    packed.write_bytes(gzip.compress(write_lines(tmp_path / "other.jsonl", lines[::-1]).read_bytes()))
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        result = curate(CurateConfig(inputs=[str(plain), str(packed)], output=str(out), workers=workers))
+        assert_accounted(out, [plain, packed], result=result)
+        outputs.append(
+            {name: (out / name).read_bytes() for name in ("train.jsonl", "val.jsonl", "rejects.jsonl")}
+        )
+    assert outputs[0] == outputs[1]
+    assert result.input_records == 2 * len(lines)
+    assert (
+        result.rejected_by_reason["malformed_json"] == 2 * 10 and result.rejected_by_reason["duplicate"] > 0
+    )
+    first_lines = [
+        r for r in read_jsonl(out / "rejects.jsonl") if r["source"] == str(plain) and r["line"] == 1
+    ]
+    assert first_lines == []  # the line behind the byte order mark parsed
+
+
+def test_a_block_of_a_file_that_shrank_meanwhile_is_an_error(tmp_path) -> None:
+    from components.curate.screen import LineRange
+
+    source = tmp_path / "data.jsonl"
+    source.write_bytes(b'{"input": "a", "output": "b"}\n' * 4)
+    block = LineRange(str(source), 0, source.stat().st_size)
+    assert block.lines() == [b'{"input": "a", "output": "b"}'] * 4
+    source.write_bytes(b"{}\n")
+    with pytest.raises(RuntimeError, match="changed while curate read it"):
+        block.lines()
+
+
 # --- record lines and PII prefilters ---------------------------------------------------
 
 
