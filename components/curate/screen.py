@@ -43,9 +43,9 @@ Item = bytes | dict[str, Any]
 class LineRange(NamedTuple):
     """Where a block of whole lines lies in a local, uncompressed file.
 
-    A screening worker reads its block there rather than receiving it through a pipe: sending
-    the lines to the workers and their canonical records back cost about a fifth of all
-    curate's CPU time.
+    A screening worker reads its block there rather than receiving it through a pipe, where
+    pickling and copying the lines cost the main process and the worker CPU time (the
+    screened records still come back through the pipe: the main process writes them).
     """
 
     path: str
