@@ -53,6 +53,22 @@ class TensorSpec(BaseModel):
         return out
 
 
+# What clients send every model llmft serves (hf, llmapi, the TRT-LLM ensemble). Shapes are [1]
+# per batch row: with max_batch_size > 0 a request carries [batch, 1], and the generate
+# endpoint turns a JSON scalar into one such row.
+REQUEST_INPUTS = (
+    TensorSpec(name="text_input", data_type="TYPE_STRING", dims=(1,)),
+    TensorSpec(name="max_tokens", data_type="TYPE_INT32", dims=(1,), optional=True),
+    TensorSpec(name="temperature", data_type="TYPE_FP32", dims=(1,), optional=True),
+)
+STREAM_INPUT = TensorSpec(name="stream", data_type="TYPE_BOOL", dims=(1,), optional=True)
+
+
+def request_inputs(decoupled: bool) -> tuple[TensorSpec, ...]:
+    """The request inputs of a served model; a decoupled one also takes `stream`."""
+    return (*REQUEST_INPUTS, STREAM_INPUT) if decoupled else REQUEST_INPUTS
+
+
 def tensors(specs: tuple[TensorSpec, ...], is_input: bool) -> list[dict[str, Any]]:
     return [spec.fields(is_input) for spec in specs]
 

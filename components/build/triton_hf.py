@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.build.pbtxt import to_pbtxt
 from components.build.triton_config import (
     MODEL_VERSION,
+    REQUEST_INPUTS,
     InstanceKind,
     TensorSpec,
     instance_group,
@@ -41,13 +42,6 @@ CHECKPOINT_DIRNAME = "checkpoint"
 _INSTANCE_KIND: dict[str, InstanceKind] = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 
 
-# Shapes are [1] per batch row: with max_batch_size > 0 a request carries [batch, 1],
-# and the generate endpoint turns a JSON scalar into one such row.
-HF_INPUTS = (
-    TensorSpec(name="text_input", data_type="TYPE_STRING", dims=(1,)),
-    TensorSpec(name="max_tokens", data_type="TYPE_INT32", dims=(1,), optional=True),
-    TensorSpec(name="temperature", data_type="TYPE_FP32", dims=(1,), optional=True),
-)
 HF_OUTPUTS = (TensorSpec(name="text_output", data_type="TYPE_STRING", dims=(1,)),)
 
 
@@ -78,7 +72,7 @@ def model_config_fields(settings: HfModelSettings) -> dict[str, Any]:
         "name": settings.model_name,
         "backend": "python",
         "max_batch_size": settings.max_batch_size,
-        "input": tensors(HF_INPUTS, is_input=True),
+        "input": tensors(REQUEST_INPUTS, is_input=True),
         "output": tensors(HF_OUTPUTS, is_input=False),
         "instance_group": instance_group(settings.instance_count, _INSTANCE_KIND[settings.device]),
         # Batching needs the dynamic batcher; without it every request runs alone.

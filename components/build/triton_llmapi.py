@@ -29,6 +29,7 @@ from components.build.triton_config import (
     TensorSpec,
     install_python_model,
     instance_group,
+    request_inputs,
     string_parameters,
     tensors,
 )
@@ -87,17 +88,6 @@ def model_yaml(settings: LlmapiSettings) -> dict[str, Any]:
     }
 
 
-def llmapi_inputs(settings: LlmapiSettings) -> tuple[TensorSpec, ...]:
-    specs = (
-        TensorSpec(name="text_input", data_type="TYPE_STRING", dims=(1,)),
-        TensorSpec(name="max_tokens", data_type="TYPE_INT32", dims=(1,), optional=True),
-        TensorSpec(name="temperature", data_type="TYPE_FP32", dims=(1,), optional=True),
-    )
-    if settings.triton.decoupled:
-        specs += (TensorSpec(name="stream", data_type="TYPE_BOOL", dims=(1,), optional=True),)
-    return specs
-
-
 LLMAPI_OUTPUTS = (TensorSpec(name="text_output", data_type="TYPE_STRING", dims=(1,)),)
 
 
@@ -108,7 +98,7 @@ def llmapi_config(settings: LlmapiSettings) -> dict[str, Any]:
         # One request per execute() entry: TRT-LLM batches them in flight, not Triton.
         "max_batch_size": 0,
         "model_transaction_policy": {"decoupled": settings.triton.decoupled},
-        "input": tensors(llmapi_inputs(settings), is_input=True),
+        "input": tensors(request_inputs(settings.triton.decoupled), is_input=True),
         "output": tensors(LLMAPI_OUTPUTS, is_input=False),
         # One instance: LLM() spreads the model over the GPUs itself (tensor/pipeline parallel).
         "instance_group": instance_group(1, "KIND_CPU"),

@@ -35,6 +35,7 @@ from components.build.triton_config import (
     flag,
     install_python_model,
     instance_group,
+    request_inputs,
     string_parameters,
     tensors,
 )
@@ -77,17 +78,6 @@ class EnsembleSettings(BaseModel):
 
 def _scalar_input(name: str, data_type: TritonDataType, optional: bool = False) -> TensorSpec:
     return TensorSpec(name=name, data_type=data_type, dims=(1,), optional=optional, scalar=True)
-
-
-def ensemble_inputs(settings: EnsembleSettings) -> tuple[TensorSpec, ...]:
-    specs = (
-        TensorSpec(name="text_input", data_type="TYPE_STRING", dims=(1,)),
-        TensorSpec(name="max_tokens", data_type="TYPE_INT32", dims=(1,), optional=True),
-        TensorSpec(name="temperature", data_type="TYPE_FP32", dims=(1,), optional=True),
-    )
-    if settings.triton.decoupled:
-        specs += (TensorSpec(name="stream", data_type="TYPE_BOOL", dims=(1,), optional=True),)
-    return specs
 
 
 ENSEMBLE_OUTPUTS = (TensorSpec(name="text_output", data_type="TYPE_STRING", dims=(-1,)),)
@@ -189,7 +179,7 @@ def ensemble_config(settings: EnsembleSettings) -> dict[str, Any]:
         "name": settings.model_name,
         "platform": "ensemble",
         "max_batch_size": settings.max_batch_size,
-        "input": tensors(ensemble_inputs(settings), is_input=True),
+        "input": tensors(request_inputs(settings.triton.decoupled), is_input=True),
         "output": tensors(ENSEMBLE_OUTPUTS, is_input=False),
         "ensemble_scheduling": {"step": steps},
         "parameters": string_parameters({"source_digest": settings.source_digest}),
