@@ -16,28 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from bench.gpu_check import SMALL_LLAMA, train_config
+from bench.versions import package_versions
 from components.curate.curate import CurateConfig, curate
 from components.evaluate.evaluate import EvaluateConfig, evaluate
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
 from components.train.train import train
 
 VERSIONED = ("torch", "transformers", "peft", "nemo_automodel", "torchao", "megatron-fsdp", "datasets")
-
-
-def versions() -> dict[str, str]:
-    found = {}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
 
 
 def train_and_score(backend: str, base: str, data: str, work: Path) -> dict:
@@ -75,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"gpu": torch.cuda.get_device_name(0), "versions": versions()}
+    report: dict = {"gpu": torch.cuda.get_device_name(0), "versions": package_versions(VERSIONED)}
 
     base = str(work / "base")
     build_tiny_model(TinyModelConfig(output=base, **SMALL_LLAMA))

@@ -351,18 +351,6 @@ def run_nemo_row(row: Row, steps: int, warmup: int, models: Path) -> dict:
     }
 
 
-def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    found = {}
-    for name in ("torch", "transformers", "peft", "liger-kernel", "triton"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
-
-
 def nemo_versions() -> dict[str, str]:
     """Versions as the nemo rows' interpreter sees them (AutoModel pins its own transformers)."""
     names = ("nemo_automodel", "transformers", "torch")
@@ -422,6 +410,7 @@ def main() -> None:
         return
 
     import torch
+    from versions import package_versions  # bench/versions.py: this script's folder is on sys.path
 
     indexes = range(len(ROWS)) if args.rows == "all" else [int(i) for i in args.rows.split(",")]
     results = []
@@ -471,7 +460,7 @@ def main() -> None:
         print(table(results[-1:]).splitlines()[-1], flush=True)
     report = {
         "gpu": torch.cuda.get_device_name(0),
-        "versions": versions(),
+        "versions": package_versions(("torch", "transformers", "peft", "liger-kernel", "triton")),
         "nemo_versions": nemo_versions() if any(r["stack"] == "nemo" for r in results) else None,
         "command": " ".join(sys.argv),
         "seq": SEQ,
