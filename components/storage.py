@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -218,13 +219,26 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(local_dir: str | Path, producer: str, metadata: dict[str, Any] | None = None) -> Manifest:
+def build_manifest(
+    local_dir: str | Path,
+    producer: str,
+    metadata: dict[str, Any] | None = None,
+    sha256: Mapping[str, str] | None = None,
+) -> Manifest:
+    """The manifest of every file under `local_dir`.
+
+    `sha256` maps relative paths to digests the caller computed while writing those files,
+    so large outputs are not read again; every other file is hashed here.
+    """
     root = Path(local_dir)
-    files = [
-        FileEntry(path=path.relative_to(root).as_posix(), size=path.stat().st_size, sha256=sha256_file(path))
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_NAME
-    ]
+    known = sha256 or {}
+    files = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name == MANIFEST_NAME:
+            continue
+        name = path.relative_to(root).as_posix()
+        digest = known.get(name) or sha256_file(path)
+        files.append(FileEntry(path=name, size=path.stat().st_size, sha256=digest))
     return Manifest(
         files=files,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -234,10 +248,17 @@ def build_manifest(local_dir: str | Path, producer: str, metadata: dict[str, Any
 
 
 def publish_dir(
-    local_dir: str | Path, uri: str, producer: str, metadata: dict[str, Any] | None = None
+    local_dir: str | Path,
+    uri: str,
+    producer: str,
+    metadata: dict[str, Any] | None = None,
+    sha256: Mapping[str, str] | None = None,
 ) -> Manifest:
-    """Copy a finished local directory to `uri` (if elsewhere) and write its manifest last."""
-    manifest = build_manifest(local_dir, producer, metadata)
+    """Copy a finished local directory to `uri` (if elsewhere) and write its manifest last.
+
+    `sha256`: digests of some of its files, computed while they were written (see `build_manifest`).
+    """
+    manifest = build_manifest(local_dir, producer, metadata, sha256)
     same_place = not is_s3(uri) and Path(uri).resolve() == Path(local_dir).resolve()
     if not same_place:
         # An earlier manifest at `uri` would vouch for a mix of old and new files while

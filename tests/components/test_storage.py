@@ -71,6 +71,18 @@ def test_publish_in_place_and_require_complete(tmp_path: Path) -> None:
     assert storage.localize_dir(str(tmp_path)) == tmp_path  # local directories are used where they lie
 
 
+def test_build_manifest_takes_the_digests_it_is_given_and_hashes_the_rest(tmp_path: Path) -> None:
+    files = make_tree(tmp_path)
+    named = sorted(files)[0]
+    # A value no file has, to show the named file is not read again.
+    manifest = storage.build_manifest(tmp_path, "test", sha256={named: "0" * 64})
+    assert {entry.path: entry.sha256 for entry in manifest.files} == {
+        path: "0" * 64 if path == named else hashlib.sha256(content).hexdigest()
+        for path, content in files.items()
+    }
+    assert len(manifest.files) > 1
+
+
 def test_manifest_digest_is_stable_and_content_addressed(tmp_path: Path) -> None:
     make_tree(tmp_path)
     first = storage.publish_dir(tmp_path, str(tmp_path), producer="a")
