@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import gzip
+import hashlib
 import json
 import logging
 import math
@@ -77,6 +78,8 @@ _REPORT_EXAMPLES = 5
 _BLOCK_BYTES = 1 << 20
 _PARQUET_BATCH_ROWS = 1024
 _WRITE_BATCH = 256
+# One encoder for every reject line: json.dumps with options builds a new one per call.
+_REJECT_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 class CurateError(ValueError):
@@ -409,6 +412,9 @@ class _Sink:
             # Record lines arrive UTF-8 encoded (by the screening workers), so they go out as bytes.
             self._files = {name: open_output(name, "wb") for name in (TRAIN_FILE, VAL_FILE)}
             self._buffers: dict[str, list[bytes]] = {name: [] for name in self._files}
+            # The record files are hashed as they are written, for the manifest: reading them
+            # again at the end would be the one step of the run on a single core.
+            self._sha256 = {name: hashlib.sha256() for name in self._files}
             self._rejects = open_output(REJECTS_FILE, "w")
             # Keep the files open past this block; close() closes them.
             self._stack = self._stack.pop_all()
@@ -455,7 +461,7 @@ class _Sink:
             entry["kept_id"] = rejection.kept_id
         if len(text) > _MAX_REJECT_TEXT_CHARS:
             entry["truncated"] = True
-        self._rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._rejects.write(_REJECT_JSON.encode(entry) + "\n")
         tally.rejected[rejection.reason] += 1
         examples = self.examples.setdefault(rejection.reason, [])
         if len(examples) < _REPORT_EXAMPLES:
@@ -464,8 +470,15 @@ class _Sink:
     def _drain(self, file_name: str) -> None:
         buffer = self._buffers[file_name]
         if buffer:
-            self._files[file_name].write(b"\n".join(buffer) + b"\n")
+            buffer.append(b"")  # the last record's line end
+            data = b"\n".join(buffer)
+            self._files[file_name].write(data)
+            self._sha256[file_name].update(data)
             buffer.clear()
+
+    def sha256(self) -> dict[str, str]:
+        """The digests of the record files written so far, by file name."""
+        return {name: digest.hexdigest() for name, digest in self._sha256.items()}
 
     def close(self) -> None:
         try:
@@ -496,18 +509,18 @@ def length_summary(values: array) -> dict[str, Any]:
     """min/mean/p50/p95/max (nearest-rank percentiles) of character lengths."""
     if not values:
         return {"count": 0, "min": None, "mean": None, "p50": None, "p95": None, "max": None}
-    ordered = sorted(values)
+    ordered = np.sort(np.frombuffer(values, dtype=np.int64))
 
     def rank(percent: float) -> int:
-        return ordered[max(math.ceil(percent / 100 * len(ordered)) - 1, 0)]
+        return int(ordered[max(math.ceil(percent / 100 * len(ordered)) - 1, 0)])
 
     return {
         "count": len(ordered),
-        "min": ordered[0],
-        "mean": round(sum(ordered) / len(ordered), 2),
+        "min": int(ordered[0]),
+        "mean": round(int(ordered.sum()) / len(ordered), 2),
         "p50": rank(50),
         "p95": rank(95),
-        "max": ordered[-1],
+        "max": int(ordered[-1]),
     }
 
 
@@ -842,26 +855,35 @@ class _Curation:
 
     def read_inputs(self, workers: int) -> None:
         config = self.config
+        index_of = {uri: index for index, uri in enumerate(config.inputs)}
         with (
             _fewer_collections(),
-            ScreenPool(workers, self._settings(eval_set=False), self.eval_lines) as pool,
+            ScreenPool(workers, self._settings(eval_set=False), self.eval_lines, self.work) as pool,
         ):
-            for index, uri in enumerate(config.inputs):
-                tally = self.tallies[uri] = SourceTally(role="input")
-                log.info("curate: reading %s (%d/%d)", uri, index + 1, len(config.inputs))
-                for (first, items, _), screened in pool.map(uri, iter_source(uri)):
-                    tally.lines += len(items)
-                    for refused in screened.refused:
-                        self._refuse(uri, items[refused.line - first], refused, tally)
-                    self._take(index, first, items, screened)
-                rejected = sum(tally.rejected.values())
-                log.info(
-                    "curate: %s: %d lines, %d passed the first pass, rejected %d",
-                    uri,
-                    tally.lines,
-                    tally.lines - rejected,
-                    rejected,
-                )
+            for uri, (first, items, _), screened in pool.map(self._input_blocks()):
+                tally = self.tallies[uri]
+                tally.lines += len(items)
+                for refused in screened.refused:
+                    self._refuse(uri, items[refused.line - first], refused, tally)
+                self._take(index_of[uri], first, items, screened)
+        for uri in config.inputs:
+            tally = self.tallies[uri]
+            rejected = sum(tally.rejected.values())
+            log.info(
+                "curate: %s: %d lines, %d passed the first pass, rejected %d",
+                uri,
+                tally.lines,
+                tally.lines - rejected,
+                rejected,
+            )
+
+    def _input_blocks(self) -> Iterator[tuple[str, Block]]:
+        """Every input's blocks, one file after another."""
+        for index, uri in enumerate(self.config.inputs):
+            self.tallies[uri] = SourceTally(role="input")
+            log.info("curate: reading %s (%d/%d)", uri, index + 1, len(self.config.inputs))
+            for block in iter_source(uri):
+                yield uri, block
 
     def _refuse(self, uri: str, item: Item, refused: Refused, tally: SourceTally) -> None:
         rejection = Rejection(refused.reason, refused.detail)
@@ -1114,8 +1136,11 @@ class _Curation:
         }
 
 
-def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
-    """Read every source and write train/val/rejects/stats/report into `directory`; return the stats."""
+def _curate_into(config: CurateConfig, directory: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read every source and write train/val/rejects/stats/report into `directory`.
+
+    Returns the stats and the sha256 of the record files.
+    """
     try:
         sink = _Sink(directory)
     except OSError as error:
@@ -1140,7 +1165,7 @@ def _curate_into(config: CurateConfig, directory: Path) -> dict[str, Any]:
     (directory / STATS_FILE).write_text(stats_text, encoding="utf-8")
     page = render_report(stats, histogram(sink.response_lengths), sink.report_examples())
     (directory / REPORT_FILE).write_text(page, encoding="utf-8")
-    return stats
+    return stats, sink.sha256()
 
 
 def curate(config: CurateConfig) -> CurateResult:
@@ -1156,7 +1181,7 @@ def curate(config: CurateConfig) -> CurateResult:
         directory = _prepare_local_output(config.output)
     log.info("curate: %d input file(s) -> %s", len(config.inputs), config.output)
     try:
-        stats = _curate_into(config, directory)
+        stats, sha256 = _curate_into(config, directory)
         failure = _failure_message(config, stats)
         if failure:
             if to_s3:
@@ -1179,7 +1204,9 @@ def curate(config: CurateConfig) -> CurateResult:
         with _writing_to(config.output):
             if to_s3:
                 _invalidate_s3_output(config.output)
-            manifest = storage.publish_dir(directory, config.output, producer=PRODUCER, metadata=metadata)
+            manifest = storage.publish_dir(
+                directory, config.output, producer=PRODUCER, metadata=metadata, sha256=sha256
+            )
     finally:
         if to_s3:
             shutil.rmtree(directory, ignore_errors=True)

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from components.curate.formats import REJECT_REASONS
 
 _EXAMPLE_TEXT_CHARS = 300
@@ -30,14 +32,13 @@ tr.rej td{color:#a33}pre{white-space:pre-wrap;word-break:break-all;margin:0;font
 
 def histogram(values: Sequence[int], bins: int = 20) -> list[tuple[int, int, int]]:
     """Equal-width integer bins over [min, max]: (low, high inclusive, count) per bin."""
-    if not values:
+    if not len(values):
         return []
-    low, high = min(values), max(values)
+    data = np.asarray(values, dtype=np.int64)
+    low, high = int(data.min()), int(data.max())
     width = max(1, math.ceil((high - low + 1) / bins))
-    counts = [0] * math.ceil((high - low + 1) / width)
-    for value in values:
-        counts[(value - low) // width] += 1
-    return [(low + i * width, low + (i + 1) * width - 1, count) for i, count in enumerate(counts)]
+    counts = np.bincount((data - low) // width, minlength=math.ceil((high - low + 1) / width))
+    return [(low + i * width, low + (i + 1) * width - 1, int(count)) for i, count in enumerate(counts)]
 
 
 def _percent(part: int, whole: int) -> str:

@@ -146,6 +146,9 @@ class ScreenedChunk:
     signed: list[int]  # positions of the records with a MinHash signature (near-dedup on, 1+ word)
     signatures: np.ndarray  # (len(signed), num_perm) uint32
     band_keys: np.ndarray  # (len(signed), bands) uint64, salted with the system prompt
+    # Set by a worker process instead of `records`: the file in the spool directory holding them,
+    # one per line; `ScreenPool.map` reads it back and removes it.
+    spooled: str | None = None
 
 
 class Refused(NamedTuple):
@@ -175,6 +178,16 @@ def item_bytes(item: Item) -> bytes:
     return item_text(item).encode("utf-8", errors="replace")
 
 
+def escape_normalized(text: str) -> str:
+    """`text` escaped for a JSON string as json.dumps(ensure_ascii=False) does, for normalized text.
+
+    Normalized text (`formats.normalize_text`) holds no control character but \\n and \\t, so
+    four replacements escape it; they take half the time of json's general escaper, which
+    looks at every character. Tests compare the two.
+    """
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+
+
 def record_line(parsed: ParsedRecord, source: str, line: int, digest: bytes | None = None) -> str:
     """The canonical record as `Record.to_json` writes it (same keys, order and escaping).
 
@@ -182,10 +195,12 @@ def record_line(parsed: ParsedRecord, source: str, line: int, digest: bytes | No
     measurable share of curate's time; `digest` is the record's `identity_digest` when known.
     """
     record_id = (digest or formats.identity_digest(parsed)).hex()[:16]
-    # json.dumps(fields, ensure_ascii=False) assembled by hand: the same string escaper, half the time.
+    # json.dumps(fields, ensure_ascii=False) assembled by hand; the source is a path or URI, not
+    # normalized text, so it takes json's own escaper.
     return (
-        f'{{"id": "{record_id}", "prompt": {_quote(parsed.prompt)}, "response": {_quote(parsed.response)}, '
-        f'"system": {_quote(parsed.system)}, "source": {_quote(source)}, "line": {line}}}'
+        f'{{"id": "{record_id}", "prompt": "{escape_normalized(parsed.prompt)}", '
+        f'"response": "{escape_normalized(parsed.response)}", '
+        f'"system": "{escape_normalized(parsed.system)}", "source": {_quote(source)}, "line": {line}}}'
     )
 
 
@@ -222,18 +237,19 @@ def screen(
     except Rejection as rejection:
         # A record rejected as pii reports what it held; others report nothing.
         return Refused(line, rejection.reason, rejection.detail, found or None)
+    # Positional: a NamedTuple built from keywords costs twice as much, once per record.
     return Screened(
-        line=line,
-        record=record_line(parsed, uri, line, digest).encode("utf-8"),
-        digest=digest,
-        content=content,
-        to_val=formats.in_validation(content, settings.val_fraction),
-        format=parsed.format,
-        prompt_chars=len(parsed.prompt),
-        response_chars=len(parsed.response),
-        system=parsed.system,
-        found=found or None,
-        words=record_words(parsed.prompt, parsed.response) if settings.words else b"",
+        line,
+        record_line(parsed, uri, line, digest).encode("utf-8"),
+        digest,
+        content,
+        formats.in_validation(content, settings.val_fraction),
+        parsed.format,
+        len(parsed.prompt),
+        len(parsed.response),
+        parsed.system,
+        found or None,
+        record_words(parsed.prompt, parsed.response) if settings.words else b"",
     )
 
 
@@ -334,22 +350,43 @@ def screen_chunk(
     )
 
 
-_worker_state: tuple[ScreenSettings, dict[bytes, int] | None, Sketcher | None] | None = None
+_worker_state: tuple[ScreenSettings, dict[bytes, int] | None, Sketcher | None, Path] | None = None
 
 
-def _init_worker(settings: ScreenSettings, eval_lines: dict[bytes, int] | None) -> None:
+def _init_worker(settings: ScreenSettings, eval_lines: dict[bytes, int] | None, spool: Path) -> None:
     global _worker_state
     # Screening makes no reference cycles (its objects die by reference counting), so collections
     # triggered by its many short-lived dicts and lists only cost time: collect rarely, and never
     # scan what the worker inherited from its parent.
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
-    _worker_state = (settings, eval_lines, Sketcher(settings.sketch) if settings.sketch else None)
+    _worker_state = (settings, eval_lines, Sketcher(settings.sketch) if settings.sketch else None, spool)
 
 
-def _screen_chunk(chunk: Chunk) -> ScreenedChunk:
+def _screen_chunk(chunk: Chunk, number: int) -> ScreenedChunk:
     assert _worker_state is not None, "worker not initialized"
-    return screen_chunk(chunk, *_worker_state)
+    settings, eval_lines, sketcher, spool = _worker_state
+    screened = screen_chunk(chunk, settings, eval_lines, sketcher)
+    if screened.records:
+        # The canonical lines are most of a chunk's outcome. Through a file they cost both
+        # processes a copy; through the pool's pipe, pickling, many small reads and waking the
+        # main process's result thread cost more CPU time than that.
+        path = spool / f"records-{number}"
+        path.write_bytes(b"\n".join(screened.records))
+        screened.records = []
+        screened.spooled = str(path)
+    return screened
+
+
+def _unspool(chunk: ScreenedChunk) -> ScreenedChunk:
+    """Read back (and remove) the record lines a worker left in a file."""
+    if chunk.spooled is not None:
+        path = Path(chunk.spooled)
+        # Canonical lines are JSON, whose strings escape every line end: b"\n" separates them.
+        chunk.records = path.read_bytes().split(b"\n")
+        path.unlink()
+        chunk.spooled = None
+    return chunk
 
 
 # Past a few workers the main process (dedup, writing) is the bottleneck; more only cost memory.
@@ -386,19 +423,26 @@ class ScreenPool:
     """Screens chunks of lines in `workers` processes (1: in this process), results in input order.
 
     At most two chunks per worker are in flight, so memory holds a few chunks, not a file.
+    Workers hand each chunk's record lines back through a file in `spool`, a private
+    directory (a run's work directory); `map` removes each file once read, and files of
+    chunks still in flight when a run fails go with that directory.
     Workers are forked: they start at once with the settings in memory, and unlike "spawn"
     they never re-import the caller's main module (a script without a __main__ guard would
     run again in each worker). They only compute; they take no lock the parent may hold.
     """
 
-    def __init__(self, workers: int, settings: ScreenSettings, eval_lines: dict[bytes, int] | None) -> None:
+    def __init__(
+        self, workers: int, settings: ScreenSettings, eval_lines: dict[bytes, int] | None, spool: Path
+    ) -> None:
         self.workers = workers
         self.settings = settings
         self.eval_lines = eval_lines
         self._pool: Any = None
         if workers > 1:
             context = multiprocessing.get_context("fork")
-            self._pool = context.Pool(workers, initializer=_init_worker, initargs=(settings, eval_lines))
+            self._pool = context.Pool(
+                workers, initializer=_init_worker, initargs=(settings, eval_lines, spool)
+            )
 
     def __enter__(self) -> ScreenPool:
         return self
@@ -408,22 +452,26 @@ class ScreenPool:
             self._pool.terminate()
             self._pool.join()
 
-    def map(self, uri: str, blocks: Iterable[Block]) -> Iterator[tuple[Block, ScreenedChunk]]:
-        """Each block of source `uri` with its outcome, in order."""
+    def map(self, blocks: Iterable[tuple[str, Block]]) -> Iterator[tuple[str, Block, ScreenedChunk]]:
+        """Each (source URI, block) with its outcome, in order.
+
+        One stream for all sources: the workers go on with the next file while the last
+        blocks of the previous one are still being screened.
+        """
         if self._pool is None:
             sketcher = Sketcher(self.settings.sketch) if self.settings.sketch else None
-            for block in blocks:
+            for uri, block in blocks:
                 first, items, _ = block
-                yield block, screen_chunk((uri, first, items), self.settings, self.eval_lines, sketcher)
+                yield uri, block, screen_chunk((uri, first, items), self.settings, self.eval_lines, sketcher)
             return
-        in_flight: deque[tuple[Block, Any]] = deque()
-        for block in blocks:
+        in_flight: deque[tuple[str, Block, Any]] = deque()
+        for number, (uri, block) in enumerate(blocks):
             first, items, where = block
             chunk: Chunk = (uri, first, items if where is None else where)
-            in_flight.append((block, self._pool.apply_async(_screen_chunk, (chunk,))))
+            in_flight.append((uri, block, self._pool.apply_async(_screen_chunk, (chunk, number))))
             if len(in_flight) >= 2 * self.workers:
-                done, result = in_flight.popleft()
-                yield done, result.get()
+                uri, done, result = in_flight.popleft()
+                yield uri, done, _unspool(result.get())
         while in_flight:
-            done, result = in_flight.popleft()
-            yield done, result.get()
+            uri, done, result = in_flight.popleft()
+            yield uri, done, _unspool(result.get())

@@ -1,8 +1,8 @@
 """The shortcuts curate takes on its hot path give exactly what the general rules give.
 
 Each fast path (plain-ASCII normalization, key tests for the format, one encoding for both
-digests, the letter-or-digit regex, the column-building chunk loop) is compared with the
-general rule it replaces, on mixed and malformed inputs.
+digests, the letter-or-digit regex, the column-building chunk loop, JSON escaping of
+normalized text) is compared with the general rule it replaces, on mixed and malformed inputs.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def test_normalize_text_matches_the_general_rule(text: str) -> None:
 )
 def test_normalize_text_ascii_cases(text: str) -> None:
     assert formats.normalize_text(text) == general_normalize(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*_ALPHABET, '"', "\\", "/", "\b", "\f", "\u2028"]), max_size=40))
+def test_escaping_normalized_text_is_what_json_writes(text: str) -> None:
+    normalized = formats.normalize_text(text)
+    assert f'"{screen.escape_normalized(normalized)}"' == json.dumps(normalized, ensure_ascii=False)
 
 
 KEYS = ("input", "output", "prompt", "completion", "messages", "instruction", "system", "other")

@@ -16,10 +16,11 @@ from components import storage
 from components.curate import pii
 from components.curate.curate import CurateConfig, CurateResult, curate
 from components.curate.decontaminate import NgramIndex, record_words
+from components.curate.filters import QualitySettings
 from components.curate.formats import ParsedRecord
 from components.curate.minhash import MinHasher, band_keys, lsh_params, select_near_duplicates, shingle_hash32
 from components.curate.ngrams import ngram_hashes, word_string, words
-from components.curate.screen import record_line
+from components.curate.screen import ScreenPool, ScreenSettings, record_line
 from components.records import Record, read_records
 from tests.components.test_curate import assert_accounted, read_jsonl, rejects_by_line, write_lines
 
@@ -340,6 +341,40 @@ def test_workers_read_blocks_of_plain_files_themselves_with_the_same_output(tmp_
         r for r in read_jsonl(out / "rejects.jsonl") if r["source"] == str(plain) and r["line"] == 1
     ]
     assert first_lines == []  # the line behind the byte order mark parsed
+
+
+def test_the_manifest_vouches_for_the_record_files_hashed_while_written(tmp_path, monkeypatch) -> None:
+    from components.curate import curate as curate_module
+
+    monkeypatch.setattr(curate_module, "_WRITE_BATCH", 7)  # many writes per file
+    rng = random.Random(5)
+    lines = [{"input": f"Q{index}", "output": prose(rng, 12)} for index in range(300)]
+    for options in ({}, {"near_dedup": False, "decontamination_ngram": 0}):
+        result, out, _ = run(tmp_path / str(len(options)), lines, **options)
+        manifest = storage.require_complete(str(out))
+        assert manifest.digest == result.dataset_sha256
+        for entry in manifest.files:
+            assert entry.sha256 == storage.sha256_file(out / entry.path), entry.path
+
+
+def test_the_pool_hands_records_back_through_files_it_then_removes(tmp_path) -> None:
+    rng = random.Random(9)
+    lines = [json.dumps({"input": f"Q{index}", "output": prose(rng, 8)}).encode() for index in range(90)]
+    settings = ScreenSettings(1, 20_000, 20_000, QualitySettings(), "redact", 0.1, True, None, None)
+    blocks = [
+        ("a.jsonl", (1, lines[:40], None)),
+        ("a.jsonl", (41, lines[40:], None)),
+        ("b.jsonl", (1, lines, None)),
+    ]
+    outcomes = {}
+    for workers in (1, 2):
+        spool = tmp_path / f"spool{workers}"
+        spool.mkdir()
+        with ScreenPool(workers, settings, None, spool) as pool:
+            outcomes[workers] = [(uri, block[0], chunk.records) for uri, block, chunk in pool.map(blocks)]
+        assert list(spool.iterdir()) == []
+    assert outcomes[1] == outcomes[2]
+    assert [len(records) for _, _, records in outcomes[2]] == [40, 50, 90]
 
 
 def test_a_block_of_a_file_that_shrank_meanwhile_is_an_error(tmp_path) -> None:
