@@ -470,8 +470,8 @@ class ScreenPool:
             chunk: Chunk = (uri, first, items if where is None else where)
             in_flight.append((uri, block, self._pool.apply_async(_screen_chunk, (chunk, number))))
             if len(in_flight) >= 2 * self.workers:
-                uri, done, result = in_flight.popleft()
-                yield uri, done, _unspool(result.get())
+                source, done, result = in_flight.popleft()
+                yield source, done, _unspool(result.get())
         while in_flight:
-            uri, done, result = in_flight.popleft()
-            yield uri, done, _unspool(result.get())
+            source, done, result = in_flight.popleft()
+            yield source, done, _unspool(result.get())
