@@ -14,6 +14,7 @@ The manifest is written last (by `storage.publish_dir`), only when curation succ
 
 from __future__ import annotations
 
+import errno
 import gc
 import gzip
 import hashlib
@@ -1136,6 +1137,21 @@ class _Curation:
         }
 
 
+@contextmanager
+def _room_to_write(directory: Path) -> Iterator[None]:
+    """Turn running out of disk space into a CurateError that says where curate writes."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CurateError(
+            f"curate ran out of disk space ({error}). It writes its outputs to {directory} and, while it "
+            f"runs, work files to {tempfile.gettempdir()} (the records waiting for the second pass take "
+            "about twice the kept data): free space there, or point TMPDIR at a local directory with room"
+        ) from error
+
+
 def _curate_into(config: CurateConfig, directory: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Read every source and write train/val/rejects/stats/report into `directory`.
 
@@ -1145,26 +1161,28 @@ def _curate_into(config: CurateConfig, directory: Path) -> tuple[dict[str, Any],
         sink = _Sink(directory)
     except OSError as error:
         raise CurateError(f"output {config.output} is not writable: {error}") from error
-    try:
-        # Pending records and signatures live beside nothing the user sees, and go in any case.
-        with tempfile.TemporaryDirectory(prefix="llmft-curate-work-") as work:
-            run = _Curation(config, sink, Path(work))
-            try:
-                if config.eval_set:
-                    run.read_eval_set(config.eval_set)
-                run.read_inputs(_worker_count(config))
-            finally:
-                run.close_pending()
-            run.second_pass()
-    finally:
-        sink.close()
+    with _room_to_write(directory):
+        try:
+            # Pending records, signatures and the records workers hand back live beside nothing
+            # the user sees, and go in any case.
+            with tempfile.TemporaryDirectory(prefix="llmft-curate-work-") as work:
+                run = _Curation(config, sink, Path(work))
+                try:
+                    if config.eval_set:
+                        run.read_eval_set(config.eval_set)
+                    run.read_inputs(_worker_count(config))
+                finally:
+                    run.close_pending()
+                run.second_pass()
+        finally:
+            sink.close()
 
-    stats = build_stats(config, run.tallies, sink, run.stage_details())
-    check_accounting(stats)
-    stats_text = json.dumps(stats, indent=2, ensure_ascii=False) + "\n"
-    (directory / STATS_FILE).write_text(stats_text, encoding="utf-8")
-    page = render_report(stats, histogram(sink.response_lengths), sink.report_examples())
-    (directory / REPORT_FILE).write_text(page, encoding="utf-8")
+        stats = build_stats(config, run.tallies, sink, run.stage_details())
+        check_accounting(stats)
+        stats_text = json.dumps(stats, indent=2, ensure_ascii=False) + "\n"
+        (directory / STATS_FILE).write_text(stats_text, encoding="utf-8")
+        page = render_report(stats, histogram(sink.response_lengths), sink.report_examples())
+        (directory / REPORT_FILE).write_text(page, encoding="utf-8")
     return stats, sink.sha256()
 
 

@@ -389,6 +389,28 @@ def test_a_block_of_a_file_that_shrank_meanwhile_is_an_error(tmp_path) -> None:
         block.lines()
 
 
+def test_a_full_disk_under_the_workers_is_a_clear_error_and_nothing_looks_complete(
+    tmp_path, monkeypatch
+) -> None:
+    import errno
+
+    from components.curate.curate import CurateError
+
+    rng = random.Random(3)
+    source = write_lines(
+        tmp_path / "data.jsonl", [{"input": f"Q{i}", "output": prose(rng, 9)} for i in range(50)]
+    )
+
+    def no_room(path: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Path, "write_bytes", no_room)  # the workers' record files; forked after this
+    out = tmp_path / "out"
+    with pytest.raises(CurateError, match=r"ran out of disk space .*point TMPDIR at a local directory"):
+        curate(CurateConfig(inputs=[str(source)], output=str(out), workers=2))
+    assert not (out / storage.MANIFEST_NAME).exists()
+
+
 # --- record lines and PII prefilters ---------------------------------------------------
 
 
