@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,9 @@ def best_of(repeats: int, runs: dict[str, Callable[[], dict[str, Any]]]) -> dict
 
 
 def run_llmft(inputs: list[Path], output: Path, options: dict[str, Any]) -> dict[str, Any]:
+    # Into an empty directory, as the NeMo runs write theirs: overwriting the previous run's
+    # 150 MB of outputs would add the kernel's freeing of their pages to the timed run.
+    shutil.rmtree(output, ignore_errors=True)
     config = {"inputs": [str(path) for path in inputs], "output": str(output), **options}
     process = subprocess.run(
         [sys.executable, "-c", LLMFT_RUN, json.dumps(config)],
