@@ -58,18 +58,22 @@ QUALITY_REASONS = (
     "repeated_lines",
     "repeated_ngrams",
 )
+# The main process's peak RSS is VmHWM, its own address space's: ru_maxrss of a process
+# started by fork and exec also counts its parent's RSS at the fork (this script's).
 LLMFT_RUN = """
-import json, resource, sys, time
+import json, re, resource, sys, time
 from components.curate.curate import CurateConfig, curate
 config = CurateConfig.model_validate(json.loads(sys.argv[1]))
 started = time.perf_counter()
 result = curate(config)
 seconds = time.perf_counter() - started
 main, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+with open("/proc/self/status") as status:
+    peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1))
 print(json.dumps({
     "seconds": seconds,
     "cpu_seconds": {"main": main.ru_utime + main.ru_stime, "workers": workers.ru_utime + workers.ru_stime},
-    "peak_rss_mib": {"main": main.ru_maxrss / 1024, "largest_worker": workers.ru_maxrss / 1024},
+    "peak_rss_mib": {"main": peak_kib / 1024, "largest_worker": workers.ru_maxrss / 1024},
     "result": result.model_dump(),
 }))
 """
