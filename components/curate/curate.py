@@ -18,6 +18,7 @@ import errno
 import gc
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -1086,18 +1087,20 @@ class _Curation:
                 )
                 self._reject(entry, rejection)
             alive = checked
-        for entry in alive:
-            index = entry.index
-            tally = self.tallies[config.inputs[survivors.source[index]]]
+        # One `keep` per run of records from the same input (survivors are in input order).
+        for source, run in itertools.groupby(alive, key=lambda entry: survivors.source[entry.index]):
+            entries = list(run)
             self.sink.keep(
                 file_name,
-                [entry.record],
-                [survivors.format[index]],
-                [survivors.prompt_chars[index]],
-                [survivors.response_chars[index]],
-                tally,
+                [entry.record for entry in entries],
+                [survivors.format[entry.index] for entry in entries],
+                [survivors.prompt_chars[entry.index] for entry in entries],
+                [survivors.response_chars[entry.index] for entry in entries],
+                self.tallies[config.inputs[source]],
             )
-            self.sink.pii_found.update(survivors.pii.get(index, ()))
+        for entry in alive:
+            if entry.index in survivors.pii:
+                self.sink.pii_found.update(survivors.pii[entry.index])
         if file_name == VAL_FILE and self.val_ngrams is not None:
             names = [f"{survivors.record_id(entry.index)} ({self._where(entry.index)})" for entry in alive]
             self.val_ngrams.add([entry.words for entry in alive], names)
