@@ -99,6 +99,8 @@ def _add_config_fields(parser: argparse.ArgumentParser, model: type[BaseModel], 
         if annotation is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif _is_list(annotation):
+            # Repeatable: "--inputs a b --inputs c" is [a, b, c]; with "store" the last would win.
+            options["action"] = "extend"
             options["nargs"] = "+"
         elif isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is dict:
             options["type"] = yaml.safe_load if typing.get_origin(annotation) is dict else str
@@ -107,7 +109,10 @@ def _add_config_fields(parser: argparse.ArgumentParser, model: type[BaseModel], 
         )
         # argparse formats help with %: a literal one in a description ("80%") must be doubled.
         options["help"] = f"{field.description or ''} ({default})".replace("%", "%%")
-        parser.add_argument(_flag(f"{prefix}{name}"), **options)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        # Other spellings a config gives a flag (curate's --input and --eval).
+        aliases = [str(alias) for alias in extra.get("cli_aliases", ())]
+        parser.add_argument(_flag(f"{prefix}{name}"), *aliases, **options)
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

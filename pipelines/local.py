@@ -195,6 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="llmft-run", help="run directory (default: ./llmft-run)")
     parser.add_argument(
         "--data",
+        action="extend",  # repeatable, like the step commands' list flags
         nargs="+",
         default=None,
         help=f"raw instruction data files (default: the shipped sample, {SAMPLE_PATH.name})",

@@ -97,6 +97,7 @@ class CurateConfig(BaseModel):
         min_length=1,
         description="Input files: local paths or s3:// URIs of JSONL, JSONL.gz or Parquet "
         "(format sniffed from the content). Repeat to combine several files.",
+        json_schema_extra={"cli_aliases": ["--input"]},
     )
     output: str = Field(
         description="Output directory (local path or s3:// URI) for train/val/rejects JSONL, "
@@ -104,6 +105,7 @@ class CurateConfig(BaseModel):
     )
     eval_set: str | None = Field(
         default=None,
+        json_schema_extra={"cli_aliases": ["--eval"]},
         description="Optional held-out eval file (same formats). It becomes val.jsonl as is, "
         "and training records equal to an eval record are rejected as eval_overlap.",
     )

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from components.sample.dataset import SAMPLE_PATH
-from pipelines.cli import load_step_config, main
+from pipelines.cli import build_parser, load_step_config, main
 
 
 def test_help_lists_every_command(capsys):
@@ -57,6 +57,25 @@ def test_curate_command_runs_the_step(tmp_path, capsys):
     result = json.loads(out[out.index("{") :])
     assert result["train_records"] > 400
     assert (tmp_path / "out" / "train.jsonl").is_file()
+
+
+def test_list_flags_repeat_and_curate_takes_input_and_eval(tmp_path, capsys):
+    first, second, held_out = (tmp_path / name for name in ("a.jsonl", "b.jsonl", "eval.jsonl"))
+    first.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": "d"}\n')
+    second.write_text('{"input": "e", "output": "f"}\n')
+    held_out.write_text('{"input": "x", "output": "y"}\n')
+    common = ["--mlflow-tracking-uri", "disabled", "--json"]
+    for spelling in (
+        ["--input", str(first), "--input", str(second), "--eval", str(held_out)],
+        ["--inputs", str(first), "--inputs", str(second), "--eval-set", str(held_out)],
+    ):
+        out_dir = tmp_path / spelling[0].strip("-")
+        assert main(["curate", *spelling, "--output", str(out_dir), *common]) == 0
+        out = capsys.readouterr().out
+        result = json.loads(out[out.index("{") :])
+        assert (result["input_records"], result["eval_records"], result["train_records"]) == (3, 1, 3)
+    local = build_parser(None).parse_args(["local", "--data", "a.jsonl", "--data", "b.jsonl", "c.jsonl"])
+    assert local.data == ["a.jsonl", "b.jsonl", "c.jsonl"]
 
 
 def test_config_file_and_flags_merge_with_flags_winning(tmp_path):
