@@ -227,14 +227,20 @@ def test_near_dedup_result_does_not_depend_on_input_order(tmp_path: Path) -> Non
 # --- decontamination against the hash split's val records -----------------------------
 
 
+def carriers_and_others(rng: random.Random, passage: str, filler: int, count: int) -> list[dict[str, str]]:
+    """`count` records whose response holds `passage` between `filler` random words on each side,
+    then `count` unrelated records (prompts "other N")."""
+    lines = [
+        {"input": f"q{index}", "output": f"{prose(rng, filler)} {passage} {prose(rng, filler)}"}
+        for index in range(count)
+    ]
+    return lines + [{"input": f"other {index}", "output": prose(rng, 40)} for index in range(count)]
+
+
 def test_train_records_sharing_a_passage_with_val_are_dropped(tmp_path: Path) -> None:
     rng = random.Random(19)
     passage = prose(rng, 13)
-    lines = [
-        {"input": f"q{index}", "output": f"{prose(rng, 30)} {passage} {prose(rng, 30)}"}
-        for index in range(40)
-    ]
-    lines += [{"input": f"other {index}", "output": prose(rng, 40)} for index in range(40)]
+    lines = carriers_and_others(rng, passage, filler=30, count=40)
     _, out, stats = run(tmp_path, lines, val_fraction=0.3)
     train, val = list(read_records(out / "train.jsonl")), list(read_records(out / "val.jsonl"))
     holders = [record for record in train + val if passage in record.response]
@@ -255,11 +261,7 @@ def test_train_records_sharing_a_passage_with_val_are_dropped(tmp_path: Path) ->
 def test_val_decontamination_settings(tmp_path: Path) -> None:
     rng = random.Random(23)
     passage = prose(rng, 12)
-    lines = [
-        {"input": f"q{index}", "output": f"{prose(rng, 20)} {passage} {prose(rng, 20)}"}
-        for index in range(30)
-    ]
-    lines += [{"input": f"other {index}", "output": prose(rng, 40)} for index in range(30)]
+    lines = carriers_and_others(rng, passage, filler=20, count=30)
     # 12 shared words: not contaminated at n=13, contaminated at n=12.
     assert run(tmp_path / "a", lines, val_fraction=0.3)[0].rejected == 0
     result, _, _ = run(tmp_path / "b", lines, val_fraction=0.3, decontamination_ngram=12)
