@@ -192,15 +192,16 @@ def require_nemo_automodel() -> None:
         )
 
 
-def read_losses(checkpoint_dir: Path) -> tuple[list[tuple[int, float]], int]:
-    """The loss curve from AutoModel's training.jsonl (steps counted from 1, like the hf backend)
-    and the number of response tokens trained on."""
+def read_losses(checkpoint_dir: Path) -> tuple[list[tuple[int, float]], int, int]:
+    """The loss curve from AutoModel's training.jsonl (steps counted from 1, like the hf backend),
+    the number of response tokens trained on and the number of all tokens, prompts included."""
     path = checkpoint_dir / "training.jsonl"
     if not path.is_file():
-        return [], 0
+        return [], 0, 0
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     curve = [(int(row["step"]) + 1, float(row["loss"])) for row in rows]
-    return curve, sum(int(row.get("num_label_tokens", 0)) for row in rows)
+    label_tokens = sum(int(row.get("num_label_tokens", 0)) for row in rows)
+    return curve, label_tokens, sum(int(row.get("num_tokens_per_step", 0)) for row in rows)
 
 
 def latest_adapter_dir(checkpoint_dir: Path) -> Path:

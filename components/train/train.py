@@ -137,12 +137,19 @@ class TrainResult(BaseModel):
     train_tokens: int
     tokens_per_second: float
     runtime_s: float
+    # Every token the model was trained on, prompts included (train_tokens and tokens_per_second
+    # count response tokens only, the ones that carry the loss).
+    all_tokens: int = 0
+    all_tokens_per_second: float = math.nan
+    # Seconds in the training loop; runtime_s adds loading the model and data, validation and saving.
+    train_loop_s: float = math.nan
 
     def summary(self) -> str:
         return (
             f"trained {self.steps} steps ({self.epochs:.2f} epochs): loss {self.first_loss:.3f} -> "
             f"{self.final_loss:.3f}, val loss {self.val_loss:.3f}, "
-            f"{self.tokens_per_second:,.0f} response tokens/s, {self.runtime_s:.0f} s\n"
+            f"{self.all_tokens_per_second:,.0f} tokens/s ({self.tokens_per_second:,.0f} response tokens/s) "
+            f"over {self.train_loop_s:.0f} s of training, {self.runtime_s:.0f} s in all\n"
             f"adapter: {self.adapter}"
         )
 
@@ -233,6 +240,7 @@ class Progress:
     epoch: int = 0
     position: int = 0  # optimizer steps already done in the current epoch
     tokens: int = 0  # response tokens trained on so far
+    all_tokens: int = 0  # every token trained on so far, prompts included
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -400,6 +408,7 @@ def _load_trainer_state(uri: str, model: Any, optimizer: Any, scheduler: Any, de
         epoch=state["epoch"],
         position=state["position"],
         tokens=state["tokens"],
+        all_tokens=state.get("all_tokens", 0),  # absent from checkpoints of an earlier llmft
         loss_curve=[(int(step), float(loss)) for step, loss in state["loss_curve"]],
     )
 
@@ -604,7 +613,7 @@ def _train_with_nemo(config: TrainConfig, tracker: Tracker) -> TrainResult:
         digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
         workdir = Path(tempfile.gettempdir()) / "llmft-nemo" / digest
     checkpoint_dir = nemo_backend.run_recipe(config, total_steps, max(torch.cuda.device_count(), 1), workdir)
-    curve, tokens = nemo_backend.read_losses(checkpoint_dir)
+    curve, tokens, all_tokens = nemo_backend.read_losses(checkpoint_dir)
     for step, loss in curve:
         tracker.log_metrics({"train_loss": loss}, step=step)
     adapter_uri = storage.join(config.output, "adapter")
@@ -623,8 +632,12 @@ def _train_with_nemo(config: TrainConfig, tracker: Tracker) -> TrainResult:
         final_loss=sum(losses[-window:]) / len(losses[-window:]),
         val_loss=math.nan,  # scored by evaluate, with the same loss as the hf backend
         train_tokens=tokens,
+        # AutoModel runs as one subprocess: its start-up and saving count as training time here.
         tokens_per_second=tokens / runtime,
         runtime_s=runtime,
+        all_tokens=all_tokens,
+        all_tokens_per_second=all_tokens / runtime,
+        train_loop_s=runtime,
     )
     metrics_file = {
         **result.model_dump(),
@@ -787,9 +800,10 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         )
 
     model.train()
-    tokens_before = progress.tokens
+    tokens_before, all_tokens_before = progress.tokens, progress.all_tokens
     last_saved = progress.step if resumed_from else -1
-    window_tokens, window_started = 0, time.perf_counter()
+    loop_started = time.perf_counter()
+    window_tokens, window_all_tokens, window_started = 0, 0, loop_started
     # Rank 0 draws the progress bar; disable=None draws it only on a terminal.
     bar = tqdm(
         total=total_steps, initial=progress.step, desc="train", unit="step", disable=True if rank else None
@@ -816,9 +830,12 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             progress.step += 1
             progress.position += 1
+            step_all_tokens = sum(len(example.input_ids) for batch in group for example in batch)
             progress.tokens += step_tokens
+            progress.all_tokens += step_all_tokens
             progress.loss_curve.append((progress.step, step_loss))
             window_tokens += step_tokens
+            window_all_tokens += step_all_tokens
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if progress.step % config.log_every_steps == 0 or progress.step in (1, total_steps):
@@ -827,19 +844,21 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
                     "train_loss": step_loss,
                     "learning_rate": scheduler.get_last_lr()[0],
                     "tokens_per_second": window_tokens / (now - window_started),
+                    "all_tokens_per_second": window_all_tokens / (now - window_started),
                 }
                 if device.type == "cuda":
                     metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 log.info(
-                    "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
+                    "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s (%.0f response tokens/s)",
                     progress.step,
                     total_steps,
                     step_loss,
                     metrics["learning_rate"],
+                    metrics["all_tokens_per_second"],
                     metrics["tokens_per_second"],
                 )
                 tracker.log_metrics(metrics, step=progress.step)
-                window_tokens, window_started = 0, now
+                window_tokens, window_all_tokens, window_started = 0, 0, now
             if config.save_every_steps and progress.step % config.save_every_steps == 0:
                 save_checkpoint()
                 last_saved = progress.step
@@ -850,6 +869,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             progress.epoch += 1
             progress.position = 0
     bar.close()
+    loop_seconds = time.perf_counter() - loop_started
 
     if config.fused:
         val_loss = _packed_validation_loss(model, val_examples, token_budget, pad_id, device)
@@ -873,9 +893,13 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         final_loss=sum(last_window) / len(last_window),
         val_loss=val_loss,
         train_tokens=progress.tokens,
-        # This process's throughput: steps an earlier, interrupted attempt trained do not count.
-        tokens_per_second=(progress.tokens - tokens_before) / runtime,
+        # This process's training loop: steps an earlier, interrupted attempt trained do not count,
+        # nor do loading, validation and saving (runtime_s holds those).
+        tokens_per_second=(progress.tokens - tokens_before) / loop_seconds,
         runtime_s=runtime,
+        all_tokens=progress.all_tokens,
+        all_tokens_per_second=(progress.all_tokens - all_tokens_before) / loop_seconds,
+        train_loop_s=loop_seconds,
     )
     adapter_state = distributed.full_state_dict(peft_model)  # every rank: FSDP gathers the shards
     if distributed.is_main():

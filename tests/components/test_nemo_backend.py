@@ -156,7 +156,7 @@ def test_collects_and_publishes_the_newest_adapter(tmp_path):
         "\n".join(json.dumps({"step": step, "loss": 3.0 - step / 10}) for step in range(10))
     )
     assert nemo_backend.latest_adapter_dir(checkpoints) == newest
-    curve, _ = nemo_backend.read_losses(checkpoints)
+    curve, _, _ = nemo_backend.read_losses(checkpoints)
     assert curve[0] == (1, 3.0) and len(curve) == 10
     nemo_backend.publish_adapter(newest, "s3://bucket/base", str(tmp_path / "adapter"), steps=10)
     manifest = storage.require_complete(str(tmp_path / "adapter"))
