@@ -1,6 +1,6 @@
 """Training speed as users get it: `llmft train` through the command line, beside its inner loop.
 
-    python bench/train_cli_speed.py data --work W            # any machine: tokenizer, raw data, `llmft curate`
+    python bench/train_cli_speed.py data --work W          # any machine: tokenizer, data, `llmft curate`
     python bench/train_cli_speed.py run --work W --out R     # one GPU: checkpoint, `llmft train`, inner loop
 
 `data` writes instruction data the way teams write it (chat records with a system prompt,
@@ -118,9 +118,8 @@ def data_command(args: argparse.Namespace) -> None:
 
 def save_checkpoint(work: Path, destination: Path, manifest: bool) -> None:
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from train_speed import SHAPES  # bench/ is on sys.path when this file runs
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
@@ -186,6 +185,7 @@ def run_loop(work: Path, micro_batch: int, global_batch: int, max_length: int, s
     """The train step's own functions on the curated examples, without the command around them."""
     import torch
     from peft import LoraConfig, get_peft_model
+    from train_speed import LORA_TARGETS, SHAPES
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from components.records import read_records
@@ -196,7 +196,6 @@ def run_loop(work: Path, micro_batch: int, global_batch: int, max_length: int, s
     from components.train.fused_lora import fuse_lora_layers
     from components.train.fused_loss import PackedCausalLM
     from components.train.packing import register_packed_attention
-    from train_speed import LORA_TARGETS, SHAPES
 
     device = distributed.setup(torch.device("cuda"))
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
@@ -254,15 +253,14 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {row['row']} | {' '.join(row['flags'])} | {row['tokens_per_s']:,.0f} | "
-            f"{row['response_tokens_per_s']:,.0f} | {row.get('setup_s') or 0:.0f} | {row.get('wall_s') or 0:.0f} | "
-            f"{row.get('peak_gib') or 0:.1f} |"
+            f"{row['response_tokens_per_s']:,.0f} | {row.get('setup_s') or 0:.0f} | "
+            f"{row.get('wall_s') or 0:.0f} | {row.get('peak_gib') or 0:.1f} |"
         )
     return "\n".join(lines)
 
 
 def run_command(args: argparse.Namespace) -> None:
     import torch
-
     from versions import package_versions
 
     work, out = Path(args.work), Path(args.out)
