@@ -25,6 +25,7 @@ from typing import Any
 from components import storage
 from components.sample.dataset import SAMPLE_PATH
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
+from pipelines.client import EXIT_USAGE, ClientInputError, check_parameters, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ LOCAL_PARAMETERS: dict[str, Any] = {
 }
 
 
+BASE_MODEL_DIR = "base-model"  # the tiny base model, under the run directory
 PIPELINE_STEPS = ("curate", "train", "evaluate", "export", "build", "rollout")
 
 
@@ -102,7 +104,7 @@ class LocalRun:
 
 def ensure_base_model(workdir: Path) -> str:
     """Build the tiny base model once per work directory (reused while its manifest is intact)."""
-    model_dir = workdir / "base-model"
+    model_dir = workdir / BASE_MODEL_DIR
     try:
         storage.require_complete(str(model_dir))
         log.info("reusing tiny base model in %s", model_dir)
@@ -119,13 +121,39 @@ def _newest_run(storage_root: Path, before: set[str]) -> str:
     return max(runs, key=lambda path: path.stat().st_mtime).name
 
 
+def local_parameters(
+    spec: dict[str, Any],
+    workdir: Path,
+    data: list[str] | None,
+    eval_data: str,
+    overrides: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The local run's pipeline parameters, checked and typed as `submit` does (client.py), before
+    anything is built: `--param learning_rate=1e-4` becomes a float, a typo fails here."""
+    return check_parameters(
+        spec,
+        {
+            **LOCAL_PARAMETERS,
+            "base_model_uri": str(workdir / BASE_MODEL_DIR),
+            "train_data_uri": ",".join(str(Path(path).resolve()) for path in (data or [str(SAMPLE_PATH)])),
+            "eval_data_uri": str(Path(eval_data).resolve()) if eval_data else "",
+            "storage_root": str(workdir / "storage"),
+            **(overrides or {}),
+        },
+    )
+
+
 def run_local(
     workdir: str | Path = "llmft-run",
     data: list[str] | None = None,
     eval_data: str = "",
     overrides: dict[str, Any] | None = None,
 ) -> LocalRun:
-    """Run the whole pipeline locally and return where everything landed."""
+    """Run the whole pipeline locally and return where everything landed.
+
+    `overrides` are pipeline parameters: text (from `--param`) is converted to the declared
+    type; unknown names and values that do not fit raise ClientInputError.
+    """
     from kfp import local
 
     from components.resources import load_profiles
@@ -134,8 +162,10 @@ def run_local(
     started = time.perf_counter()
     workdir = Path(workdir).resolve()
     storage_root = workdir / "storage"
+    pipeline = build_pipeline(load_profiles(None, preset="cpu"), network_retries=0)
+    parameters = local_parameters(pipeline_spec(pipeline), workdir, data, eval_data, overrides)
     storage_root.mkdir(parents=True, exist_ok=True)
-    base_model = ensure_base_model(workdir)
+    ensure_base_model(workdir)
     known_runs = {path.name for path in (storage_root / "runs").glob("*")}
 
     # kfp.local warns that cluster settings (resources, display names) and our image names
@@ -147,15 +177,6 @@ def run_local(
         pipeline_root=str(workdir / "kfp"),
         raise_on_error=False,
     )
-    pipeline = build_pipeline(load_profiles(None, preset="cpu"), network_retries=0)
-    parameters = {
-        **LOCAL_PARAMETERS,
-        "base_model_uri": base_model,
-        "train_data_uri": ",".join(str(Path(path).resolve()) for path in (data or [str(SAMPLE_PATH)])),
-        "eval_data_uri": str(Path(eval_data).resolve()) if eval_data else "",
-        "storage_root": str(storage_root),
-        **(overrides or {}),
-    }
     log_path = workdir / "local-run.log"
     with (
         open(log_path, "a", encoding="utf-8") as log_file,
@@ -206,24 +227,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a pipeline parameter, e.g. --param epochs=2 (repeatable)",
+        help="override a pipeline parameter, e.g. --param learning_rate=1e-4 (repeatable); "
+        "typed by the pipeline's declaration",
     )
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    import yaml
+def pipeline_spec(pipeline: Any) -> dict[str, Any]:
+    """The PipelineSpec of a pipeline function, as the compiled YAML holds it."""
+    from google.protobuf import json_format
 
-    overrides = {}
-    for pair in pairs:
-        name, separator, value = pair.partition("=")
-        if not separator:
-            raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
-        overrides[name.strip()] = yaml.safe_load(value)
-    return overrides
+    return json_format.MessageToDict(pipeline.pipeline_spec)
 
 
 def local_command(args: argparse.Namespace) -> int:
-    run = run_local(args.workdir, args.data, args.eval_data, parse_overrides(args.param))
+    try:
+        run = run_local(args.workdir, args.data, args.eval_data, parse_overrides(args.param))
+    except ClientInputError as error:
+        print(f"llmft local: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     print("\n" + "=" * 72)
     print(
         f"llmft local run {run.pipeline_run}: {run.outcome.get('state', 'UNKNOWN')} in {run.seconds:.0f} s\n"
