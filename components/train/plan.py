@@ -367,7 +367,14 @@ def _flatten(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, A
 
 
 def _gib(size: float) -> str:
-    return f"{size / GIB:.1f} GiB"
+    return f"{size / GIB:.1f} GiB" if size >= GIB / 10 else f"{size / 2**20:.1f} MiB"
+
+
+def _count(number: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if number >= scale:
+            return f"{number / scale:.2f} {unit}"
+    return f"{number:.0f}"
 
 
 def _describe_placement(placement: Placement) -> str:
@@ -383,7 +390,8 @@ def _describe_placement(placement: Placement) -> str:
     else:
         memory = f", {_gib(placement.gpu_bytes)}" if placement.gpu_bytes else ", memory unknown"
         device = f"cuda ({placement.gpu_name or 'GPU model unknown'}{memory}), one GPU per process"
-    return f"  launcher: {where}\n  devices: {device}; {placement.world} processes in all"
+    processes = "1 process" if placement.world == 1 else f"{placement.world} processes in all"
+    return f"  launcher: {where}\n  devices: {device}; {processes}"
 
 
 def build_plan(config: TrainConfig, placement: Placement) -> TrainPlan:
@@ -396,7 +404,8 @@ def build_plan(config: TrainConfig, placement: Placement) -> TrainPlan:
     bf16 = placement.bf16_supported if placement.bf16_supported is not None else True
     try:
         precision = precision_name(config.precision, placement.device_type, bf16)
-        assumed = " (assumed for the job's GPUs)" if placement.bf16_supported is None else ""
+        unseen_gpus = placement.device_type == "cuda" and placement.bf16_supported is None
+        assumed = " (assumed for the job's GPUs)" if unseen_gpus else ""
         plan.lines.append(f"  precision: {config.precision} -> {precision}{assumed}")
     except TrainError as error:
         precision = "fp32"
@@ -412,9 +421,9 @@ def build_plan(config: TrainConfig, placement: Placement) -> TrainPlan:
             f"model: {config.base_model}",
             f"  {shape.model_type}: {shape.num_layers} layers, hidden {shape.hidden_size}, "
             f"intermediate {shape.intermediate_size}, vocab {shape.vocab_size}",
-            f"  about {parameters / 1e9:.2f} B parameters: {_gib(weight_bytes)} of weights in {precision}",
+            f"  about {_count(parameters)} parameters: {_gib(weight_bytes)} of weights in {precision}",
             f"  LoRA r={config.lora.r} on {', '.join(config.lora.target_modules)}: "
-            + (f"about {lora / 1e6:.1f} M trainable parameters" if lora is not None else "size unknown"),
+            + (f"about {_count(lora)} trainable parameters" if lora is not None else "size unknown"),
         ]
     sharding = decide_sharding(
         config.sharding, placement.world, placement.device_type, weight_bytes or 0, placement.gpu_bytes
@@ -527,7 +536,7 @@ def _plan_steps_and_tokens(plan: TrainPlan, config: TrainConfig, placement: Plac
         sequences = steps.total_steps * steps.micro_batches_per_step * config.micro_batch_size
         plan.lines.append(
             f"  about {per_record:,.0f} tokens per record (mean {stats.mean_record_chars:,.0f} characters, "
-            f"~{CHARS_PER_TOKEN} per token): about {per_record * sequences / 1e6:,.2f} M tokens over the run"
+            f"~{CHARS_PER_TOKEN} per token): about {_count(per_record * sequences)} tokens over the run"
         )
 
 
