@@ -76,6 +76,8 @@ _MEMORY_FACTORS: dict[str, int] = {
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # DNS-1123 subdomain, the form of PriorityClass, ServiceAccount and Secret names.
 _DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 class ProfileConfigError(ValueError):
@@ -136,6 +138,45 @@ class Toleration(BaseModel):
         if self.toleration_seconds is not None:
             out["tolerationSeconds"] = self.toleration_seconds
         return out
+
+
+class SecretEnv(BaseModel):
+    """An environment variable read from a key of a Kubernetes Secret (never a literal value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Environment variable name in the container, e.g. HF_TOKEN.")
+    secret: str = Field(description="Name of the Secret in the pod's namespace.")
+    key: str = Field(description="Key inside the Secret.")
+    optional: bool = Field(default=False, description="Start the pod even if the Secret or key is missing.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _ENV_NAME_RE.match(value):
+            raise ValueError(f"invalid environment variable name {value!r}")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: str) -> str:
+        if len(value) > 253 or not _DNS_SUBDOMAIN_RE.match(value):
+            raise ValueError(f"invalid Secret name {value!r}: lowercase alphanumerics, '-' and '.'")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        if len(value) > 253 or not _SECRET_KEY_RE.match(value):
+            raise ValueError(f"invalid Secret key {value!r}: alphanumerics, '-', '_' and '.'")
+        return value
+
+    def to_env(self) -> dict[str, Any]:
+        """The container env entry: valueFrom.secretKeyRef."""
+        ref: dict[str, Any] = {"name": self.secret, "key": self.key}
+        if self.optional:
+            ref["optional"] = True
+        return {"name": self.name, "valueFrom": {"secretKeyRef": ref}}
 
 
 class ResourceProfile(BaseModel):
@@ -201,6 +242,14 @@ class ResourceProfile(BaseModel):
             "set by the Kyverno policy; on pods llmft launches itself, spec.priorityClassName."
         ),
     )
+    secret_env: list[SecretEnv] = Field(
+        default_factory=list,
+        description=(
+            "Environment variables read from Kubernetes Secret keys, on the KFP task pod and the pods the "
+            "step launches: HF_TOKEN for a gated Hugging Face model, say. Credentials never travel as "
+            "pipeline parameters."
+        ),
+    )
 
     @field_validator("cpu_request", "cpu_limit")
     @classmethod
@@ -262,6 +311,15 @@ class ResourceProfile(BaseModel):
         for name in value:
             if len(name) > 253 or not _DNS_SUBDOMAIN_RE.match(name):
                 raise ValueError(f"invalid image pull secret name {name!r}")
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _check_secret_env(cls, value: list[SecretEnv]) -> list[SecretEnv]:
+        names = [item.name for item in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"secret_env sets {', '.join(duplicates)} more than once")
         return value
 
     @model_validator(mode="after")
@@ -572,9 +630,10 @@ def pod_spec_overrides(profile: ResourceProfile) -> dict[str, dict[str, Any]]:
     resources = {name: values for name, values in (("requests", requests), ("limits", limits)) if values}
     if resources:
         container["resources"] = resources
-    env = profile.environment()
+    env = [{"name": name, "value": value} for name, value in profile.environment().items()]
+    env += [item.to_env() for item in profile.secret_env]
     if env:
-        container["env"] = [{"name": name, "value": value} for name, value in env.items()]
+        container["env"] = env
 
     pod: dict[str, Any] = {}
     selector = profile.effective_node_selector()

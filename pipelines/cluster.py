@@ -76,6 +76,10 @@ def apply_profile(task: TaskT, profile: ResourceProfile) -> TaskT:
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
     for name, value in profile.environment().items():
         task.set_env_variable(name, value)
+    for item in profile.secret_env:
+        kubernetes.use_secret_as_env(
+            task, secret_name=item.secret, secret_key_to_env={item.key: item.name}, optional=item.optional
+        )
     if profile.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(profile.image_pull_secrets))
 

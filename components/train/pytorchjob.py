@@ -52,7 +52,7 @@ from kubernetes.client import CoreV1Api, V1DeleteOptions
 from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from components.resources import ResourceProfile, apply_to_pod_spec
+from components.resources import ResourceProfile, SecretEnv, apply_to_pod_spec
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,6 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 # A URL with a password in it (scheme://user:password@host) carries a credential in plain text.
@@ -161,38 +160,6 @@ class PyTorchJobTimeout(PyTorchJobError):
             f"left running: a retry of this step re-attaches to it, or delete it with "
             f"`kubectl -n {namespace} delete pytorchjob {name}`"
         )
-
-
-class SecretEnv(BaseModel):
-    """An environment variable read from a key of a Kubernetes Secret (never a literal value)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="Environment variable name in the training container, e.g. HF_TOKEN.")
-    secret: str = Field(description="Name of the Secret in the job's namespace.")
-    key: str = Field(description="Key inside the Secret.")
-    optional: bool = Field(default=False, description="Start the pod even if the Secret or key is missing.")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not _ENV_NAME_RE.match(value):
-            raise ValueError(f"invalid environment variable name {value!r}")
-        return value
-
-    @field_validator("secret")
-    @classmethod
-    def _check_secret(cls, value: str) -> str:
-        if len(value) > 253 or not _DNS1123_SUBDOMAIN_RE.match(value):
-            raise ValueError(f"invalid Secret name {value!r}: lowercase alphanumerics, '-' and '.'")
-        return value
-
-    @field_validator("key")
-    @classmethod
-    def _check_key(cls, value: str) -> str:
-        if len(value) > 253 or not _SECRET_KEY_RE.match(value):
-            raise ValueError(f"invalid Secret key {value!r}: alphanumerics, '-', '_' and '.'")
-        return value
 
 
 def _words(key: str) -> list[str]:
@@ -396,6 +363,7 @@ class PyTorchJobSettings(BaseModel):
                 f"gpus_per_node to {self.profile.gpus}"
             )
         names = [item.name for item in self.secret_env]
+        names += [item.name for item in self.profile.secret_env if item.name not in names]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"secret_env sets {', '.join(duplicates)} more than once")
@@ -463,7 +431,8 @@ def _deserialize(data: Mapping[str, Any], klass: str) -> Any:
 
 def _container_env(settings: PyTorchJobSettings, profile_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Env of the training container: config, NCCL/EFA defaults (extra_env wins), then Secret references."""
-    plain: dict[str, str] = {item["name"]: item["value"] for item in profile_env}
+    # The profile's Secret references come back below, with the job's own (which win on a name).
+    plain: dict[str, str] = {item["name"]: item["value"] for item in profile_env if "value" in item}
     if settings.profile.efa > 0:
         plain.update(EFA_EXTRA_ENV)
     plain.update(NCCL_ENV)
@@ -471,11 +440,8 @@ def _container_env(settings: PyTorchJobSettings, profile_env: list[dict[str, Any
     config_json = json.dumps(settings.train_config, sort_keys=True, separators=(",", ":"))
     env: list[dict[str, Any]] = [{"name": CONFIG_ENV, "value": config_json}]
     env += [{"name": name, "value": plain[name]} for name in sorted(plain)]
-    for item in settings.secret_env:
-        ref: dict[str, Any] = {"name": item.secret, "key": item.key}
-        if item.optional:
-            ref["optional"] = True
-        env.append({"name": item.name, "valueFrom": {"secretKeyRef": ref}})
+    secrets = {item.name: item for item in [*settings.profile.secret_env, *settings.secret_env]}
+    env += [secrets[name].to_env() for name in sorted(secrets)]
     return env
 
 

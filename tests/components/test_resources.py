@@ -6,6 +6,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+from pydantic import ValidationError
 
 from components.resources import (
     EFA_LABEL,
@@ -19,6 +20,7 @@ from components.resources import (
     PipelineProfiles,
     ProfileConfigError,
     ResourceProfile,
+    SecretEnv,
     Toleration,
     apply_to_pod_spec,
     load_profiles,
@@ -248,3 +250,32 @@ def test_apply_to_pod_spec_gives_a_valid_pod() -> None:
     kubernetes_validate.validate(pod, "1.30", strict=True)
     with pytest.raises(ValueError, match="no container named missing"):
         apply_to_pod_spec(spec, profile, containers=["missing"])
+
+
+def test_secret_env_becomes_secret_key_refs_on_launched_pods() -> None:
+    profile = preset_profiles("p5").evaluate.model_copy(
+        update={"secret_env": [SecretEnv(name="HF_TOKEN", secret="hf-token", key="token")]}
+    )
+    env = pod_spec_overrides(profile)["container"]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+    assert all("value" not in item for item in env if item["name"] == "HF_TOKEN")
+
+
+@pytest.mark.parametrize(
+    ("secret_env", "message"),
+    [
+        (
+            [
+                {"name": "HF_TOKEN", "secret": "a", "key": "k"},
+                {"name": "HF_TOKEN", "secret": "b", "key": "k"},
+            ],
+            "sets HF_TOKEN more than once",
+        ),
+        ([{"name": "HF TOKEN", "secret": "a", "key": "k"}], "invalid environment variable name"),
+        ([{"name": "HF_TOKEN", "secret": "Not_A_Name", "key": "k"}], "invalid Secret name"),
+        ([{"name": "HF_TOKEN", "secret": "a", "key": "k", "value": "hf_x"}], "Extra inputs"),
+    ],
+)
+def test_secret_env_is_checked(secret_env: list, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ResourceProfile(secret_env=secret_env)
