@@ -399,8 +399,18 @@ _CPU_STEPS: dict[str, dict[str, Any]] = {
     "export": {"cpu_request": "16", "memory_request": "240Gi", "memory_limit": "240Gi"},
     "rollout": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "2Gi"},
     "finalize": {"cpu_request": "500m", "cpu_limit": "1", "memory_request": "1Gi", "memory_limit": "1Gi"},
-    "train_launcher": {"cpu_request": "500m", "cpu_limit": "1", "memory_request": "1Gi", "memory_limit": "2Gi"},
-    "build_repository": {"cpu_request": "2", "cpu_limit": "4", "memory_request": "8Gi", "memory_limit": "8Gi"},
+    "train_launcher": {
+        "cpu_request": "500m",
+        "cpu_limit": "1",
+        "memory_request": "1Gi",
+        "memory_limit": "2Gi",
+    },
+    "build_repository": {
+        "cpu_request": "2",
+        "cpu_limit": "4",
+        "memory_request": "8Gi",
+        "memory_limit": "8Gi",
+    },
 }
 
 # The `cpu` preset: no GPU, no EFA, no taints, small enough for kind/minikube on a laptop.

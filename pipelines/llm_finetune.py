@@ -128,7 +128,9 @@ def build_pipeline(
         max_num_tokens: int = config_default(BuildConfig, "trtllm.max_num_tokens"),
         fp8_kv_cache: bool = config_default(BuildConfig, "trtllm.fp8_kv_cache"),
         calib_dataset: str = config_default(BuildConfig, "trtllm.calib_dataset"),
-        kv_cache_free_gpu_mem_fraction: float = config_default(BuildConfig, "triton.kv_cache_free_gpu_mem_fraction"),
+        kv_cache_free_gpu_mem_fraction: float = config_default(
+            BuildConfig, "triton.kv_cache_free_gpu_mem_fraction"
+        ),
         streaming: bool = config_default(BuildConfig, "triton.decoupled"),
         triton_image: str = config_default(BuildConfig, "triton_image"),
         served_model_name: str = config_default(BuildConfig, "model_name"),

@@ -55,7 +55,9 @@ def build_op(
     config = addressed_config(
         BuildConfig, settings, storage_root, "build", {"model": merged_model.metadata.get("sha256", "")}
     )
-    result, _ = run_component_step("build", build, config, mlflow_tracking_uri, mlflow_experiment, storage_root)
+    result, _ = run_component_step(
+        "build", build, config, mlflow_tracking_uri, mlflow_experiment, storage_root
+    )
     # The repository's manifest metadata (serving mode, TRT-LLM version, GPU architecture,
     # limits, serving image) shows in the KFP UI and travels to rollout with the artifact.
     point_artifact(repository, result.repository, result.metadata)

@@ -20,15 +20,27 @@ def curate_op(
 ):
     """Parse, validate, normalise, deduplicate and split instruction records."""
     from components.curate.curate import CurateConfig, curate
-    from components.step_io import addressed_config, copy_report, point_artifact, run_component_step, split_list
+    from components.step_io import (
+        addressed_config,
+        copy_report,
+        point_artifact,
+        run_component_step,
+        split_list,
+    )
 
     config = addressed_config(
         CurateConfig,
-        {"inputs": split_list(train_data_uri), "eval_set": eval_data_uri or None, "val_fraction": val_fraction},
+        {
+            "inputs": split_list(train_data_uri),
+            "eval_set": eval_data_uri or None,
+            "val_fraction": val_fraction,
+        },
         storage_root,
         "curate",
     )
-    result, _ = run_component_step("curate", curate, config, mlflow_tracking_uri, mlflow_experiment, storage_root)
+    result, _ = run_component_step(
+        "curate", curate, config, mlflow_tracking_uri, mlflow_experiment, storage_root
+    )
     point_artifact(
         dataset,
         result.output,

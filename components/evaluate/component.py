@@ -47,7 +47,9 @@ def evaluate_op(
         "evaluate",
         {"dataset": dataset.metadata.get("sha256", "")},
     )
-    result, _ = run_component_step("evaluate", evaluate, config, mlflow_tracking_uri, mlflow_experiment, storage_root)
+    result, _ = run_component_step(
+        "evaluate", evaluate, config, mlflow_tracking_uri, mlflow_experiment, storage_root
+    )
     compared = [("base", result.base), ("tuned", result.tuned), ("production", result.production)]
     for model_name, scores in compared:
         for metric, value in (scores.model_dump() if scores else {}).items():

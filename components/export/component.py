@@ -19,7 +19,13 @@ def export_op(
 ):
     """Merge the adapter into the base model; register the checkpoint in MLflow."""
     from components.export.export import ExportConfig, export
-    from components.step_io import addressed_config, artifact_uri, pipeline_run_id, point_artifact, run_component_step
+    from components.step_io import (
+        addressed_config,
+        artifact_uri,
+        pipeline_run_id,
+        point_artifact,
+        run_component_step,
+    )
 
     config = addressed_config(
         ExportConfig,
@@ -38,7 +44,9 @@ def export_op(
         "export",
         not_addressed=frozenset({"lineage"}),
     )
-    result, _ = run_component_step("export", export, config, mlflow_tracking_uri, mlflow_experiment, storage_root)
+    result, _ = run_component_step(
+        "export", export, config, mlflow_tracking_uri, mlflow_experiment, storage_root
+    )
     point_artifact(
         merged_model,
         result.checkpoint,

@@ -44,5 +44,7 @@ def rollout_op(
             namespace=namespace, replicas=triton_replicas, **json.loads(server_placement_json)
         ),
     )
-    result, _ = run_component_step("rollout", rollout, config, mlflow_tracking_uri, mlflow_experiment, storage_root)
+    result, _ = run_component_step(
+        "rollout", rollout, config, mlflow_tracking_uri, mlflow_experiment, storage_root
+    )
     return result.endpoint_http

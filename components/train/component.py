@@ -60,7 +60,9 @@ def train_op(
         base_model=base_model_uri,
         data=artifact_uri(dataset),
         backend=backend,
-        lora=dict(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=split_list(lora_target_modules)),
+        lora=dict(
+            r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=split_list(lora_target_modules)
+        ),
         epochs=epochs,
         max_steps=max_steps,
         learning_rate=learning_rate,

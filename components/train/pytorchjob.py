@@ -859,7 +859,11 @@ def launch(
     # A failed job of another pipeline run (same inputs, so same name) is not this step's earlier
     # attempt: the new run trains again instead of reporting the old run's failure.
     from_other_run = existing is not None and _run_label(existing) != settings.labels.get(RUN_LABEL)
-    if existing is not None and (settings.rerun_failed or from_other_run) and job_state(existing)[0] == "Failed":
+    if (
+        existing is not None
+        and (settings.rerun_failed or from_other_run)
+        and job_state(existing)[0] == "Failed"
+    ):
         _, condition = job_state(existing)
         log.warning(
             "PyTorchJob %s/%s failed in %s (%s: %s): replacing it",
@@ -922,7 +926,9 @@ def jobs_of_run(pipeline_run: str, namespace: str, client: TrainingClient | None
             _request_timeout=API_TIMEOUT_S,
         )
     except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
-        log.warning("cannot list the PyTorchJobs of run %s in %s: %s", pipeline_run, namespace, _describe(error))
+        log.warning(
+            "cannot list the PyTorchJobs of run %s in %s: %s", pipeline_run, namespace, _describe(error)
+        )
         return []
     return sorted(str(item["metadata"]["name"]) for item in found.get("items") or [])
 
