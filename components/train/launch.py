@@ -1,7 +1,8 @@
 """Train on every GPU of one node: torchrun in a subprocess, one process per GPU.
 
 The KFP train task calls `run_torchrun` when it trains on more than one GPU (`processes_per_node`).
-The workers run this module (`python -m components.train.launch`): each reads the whole TrainConfig (YAML or JSON)
+The workers run this module (`python -m components.train.launch`): each reads the whole
+TrainConfig (YAML or JSON)
 from the environment variable LLMFT_TRAIN_CONFIG and calls `train`, which joins the process
 group and trains its share of every step (see train.py). Rank 0 writes the adapter,
 checkpoints and metrics.json; `run_torchrun` reads the result from that metrics.json.
