@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from components.defaults import DEFAULT_NAMESPACE
+
 # argparse destinations of the options below: not TrainConfig settings.
 LAUNCHER_OPTIONS = frozenset(
     {
@@ -47,9 +49,11 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--dry-run", action="store_true", help="print the PyTorchJob as YAML and exit")
     group.add_argument("--nodes", type=int, default=2, help="PyTorchJob pods, one per node (default 2)")
     group.add_argument(
-        "--gpus-per-node", type=int, default=None, help="GPUs per pod (default: the train profile's)"
+        "--gpus-per-node", type=int, default=0, help="GPUs per pod (default 0: all of the train profile's)"
     )
-    group.add_argument("--namespace", default="kubeflow", help="namespace of the job (default kubeflow)")
+    group.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help=f"namespace of the job (default {DEFAULT_NAMESPACE})"
+    )
     group.add_argument("--image", default=None, help="train image (default: containers/images.yaml)")
     group.add_argument("--preset", default="p5", help="cluster preset for the pods: p5, p4d, p4de, cpu")
     group.add_argument(
@@ -106,10 +110,11 @@ def settings_from_args(args: argparse.Namespace, config: BaseModel) -> Any:
     """The PyTorchJobSettings for this command line (a pure mapping, no cluster access)."""
     from components.images import load_images
     from components.resources import load_profiles
+    from components.train.launch import gpus_used
     from components.train.pytorchjob import PyTorchJobSettings, SecretEnv, job_name
 
     profile = load_profiles(args.profiles, preset=args.preset).train
-    gpus = args.gpus_per_node or profile.gpus
+    gpus = gpus_used(profile, args.gpus_per_node)
     profile = profile.model_copy(update={"gpus": gpus})
     secret_env = []
     for name, reference in _pairs(args.secret_env, "--secret-env").items():

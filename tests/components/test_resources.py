@@ -16,6 +16,7 @@ from components.resources import (
     INSTANCE_TYPE_LABEL,
     PRESETS,
     PRIORITY_CLASS_LABEL,
+    PROFILES,
     STEPS,
     PipelineProfiles,
     ProfileConfigError,
@@ -29,8 +30,8 @@ from components.resources import (
     preset_profiles,
 )
 
-GPU_STEPS = ("train", "evaluate", "export", "build")
-CPU_STEPS = ("curate", "rollout", "finalize")
+GPU_STEPS = ("train", "evaluate", "build")
+CPU_STEPS = ("curate", "export", "rollout", "finalize", "train_launcher", "build_repository")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -44,7 +45,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_default_profiles_are_the_p5_preset() -> None:
     assert PipelineProfiles() == preset_profiles("p5") == load_profiles(None)
-    assert set(PipelineProfiles.model_fields) == set(STEPS)
+    assert set(PipelineProfiles.model_fields) == set(PROFILES)
 
 
 @pytest.mark.parametrize(
@@ -65,9 +66,9 @@ def test_gpu_presets(preset: str, instance: str, product: str, efa: int) -> None
     assert memory_bytes(train.shm_size or "0") >= 64 * 2**30
     for step in ("evaluate", "build"):
         profile = profiles.for_step(step)
-        assert profile.gpus == 8 and profile.gpu_product == product
+        # One GPU: what evaluate and a default (tp = pp = 1) engine build use (test_gpu_use.py).
+        assert profile.gpus == 1 and profile.gpu_product == product
         assert profile.efa == 0  # single-pod steps never talk across nodes
-    assert profiles.export.gpus == 1
     for step in CPU_STEPS:
         profile = profiles.for_step(step)
         assert profile.gpus == 0 and profile.efa == 0 and not profile.tolerations

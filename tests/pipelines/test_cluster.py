@@ -116,7 +116,7 @@ def test_apply_step_profile_uses_that_step(tmp_path: Path) -> None:
 
     @dsl.pipeline(name="step-profile-test")
     def one_task() -> None:
-        apply_step_profile(echo(text="hi"), profiles, "export")
+        apply_step_profile(echo(text="hi"), profiles, "evaluate")
 
     path = tmp_path / "pipeline.yaml"
     compiler.Compiler().compile(one_task, str(path))
