@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from components.defaults import DEFAULT_EXPERIMENT
+
 log = logging.getLogger("llmft")
 
 
@@ -312,7 +314,11 @@ def _add_step_parser(commands: Any, name: str) -> None:
         default=None,
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else off)",
     )
-    step_parser.add_argument("--mlflow-experiment", default="llmft", help="MLflow experiment name")
+    step_parser.add_argument(
+        "--mlflow-experiment",
+        default=DEFAULT_EXPERIMENT,
+        help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})",
+    )
     step_parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     if name == "train":
         from pipelines import train_launcher

@@ -37,11 +37,15 @@ import urllib3
 import yaml
 from kfp.client import Client, ServiceAccountTokenVolumeCredentials
 
+from components.defaults import DEFAULT_EXPERIMENT
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PACKAGE = "dist/llm_finetune.yaml"
-DEFAULT_NAMESPACE = "kubeflow"
-DEFAULT_EXPERIMENT = "llmft"
+# The KFP *profile* namespace the client talks to, not where llmft's workloads go (the pipeline's
+# `namespace` parameter, components.defaults.DEFAULT_NAMESPACE): kfp.Client reads "kubeflow" as
+# single-user Kubeflow, the one value that works on every install; multi-user users name their profile.
+KFP_SINGLE_USER_NAMESPACE = "kubeflow"
 # The KFP API service inside the cluster; KFP itself is installed in `kubeflow` whatever the
 # user's profile namespace is, so this does not follow --namespace (kfp.Client's own
 # in-cluster default does, which breaks multi-user profiles).
@@ -342,7 +346,7 @@ def connect(host: str | None, namespace: str | None, token: str | None, in_clust
     defaults the host to the in-cluster API service.
     """
     host = host or os.environ.get("KFP_HOST") or None
-    namespace = namespace or os.environ.get("KFP_NAMESPACE") or DEFAULT_NAMESPACE
+    namespace = namespace or os.environ.get("KFP_NAMESPACE") or KFP_SINGLE_USER_NAMESPACE
     if token and in_cluster:
         raise ClientInputError("pass either a token or --in-cluster, not both")
     credentials = None

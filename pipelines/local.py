@@ -13,18 +13,22 @@ import contextlib
 import io
 import json
 import logging
+import os
+import secrets
 import sys
 import textwrap
 import time
 import typing
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from components import storage
 from components.sample.dataset import SAMPLE_PATH
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
+from components.step_io import PIPELINE_RUN_ENV
 from pipelines.client import EXIT_USAGE, ClientInputError, check_parameters, parse_overrides
 
 log = logging.getLogger(__name__)
@@ -114,11 +118,18 @@ def ensure_base_model(workdir: Path) -> str:
     return str(model_dir)
 
 
-def _newest_run(storage_root: Path, before: set[str]) -> str:
-    runs = [path for path in (storage_root / "runs").glob("*") if path.name not in before]
-    if not runs:
-        raise RuntimeError(f"the pipeline wrote no run directory under {storage_root / 'runs'}")
-    return max(runs, key=lambda path: path.stat().st_mtime).name
+def new_run_id() -> str:
+    """A run id for a local run: sortable by start time, unique, and valid as a Kubernetes label value."""
+    return f"local-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+# Where each output lies, from the summary a step left: (name, step, result field, file inside).
+_OUTPUTS: tuple[tuple[str, str, str, str], ...] = (
+    ("adapter", "train", "adapter", ""),
+    ("evaluation report", "evaluate", "output", "report.html"),
+    ("merged checkpoint", "export", "checkpoint", ""),
+    ("Triton model repository", "build", "repository", ""),
+)
 
 
 def local_parameters(
@@ -166,7 +177,6 @@ def run_local(
     parameters = local_parameters(pipeline_spec(pipeline), workdir, data, eval_data, overrides)
     storage_root.mkdir(parents=True, exist_ok=True)
     ensure_base_model(workdir)
-    known_runs = {path.name for path in (storage_root / "runs").glob("*")}
 
     # kfp.local warns that cluster settings (resources, display names) and our image names
     # do not apply to subprocess runs: expected here, where the same code runs unpackaged.
@@ -178,13 +188,22 @@ def run_local(
         raise_on_error=False,
     )
     log_path = workdir / "local-run.log"
-    with (
-        open(log_path, "a", encoding="utf-8") as log_file,
-        contextlib.redirect_stdout(KfpLogFilter(sys.stdout, log_file)),
-    ):
-        pipeline(**parameters)
+    run_id = new_run_id()
+    # The steps' subprocesses inherit this; on a cluster the pod's run-id label sets it.
+    previous_run = os.environ.get(PIPELINE_RUN_ENV)
+    os.environ[PIPELINE_RUN_ENV] = run_id
+    try:
+        with (
+            open(log_path, "a", encoding="utf-8") as log_file,
+            contextlib.redirect_stdout(KfpLogFilter(sys.stdout, log_file)),
+        ):
+            pipeline(**parameters)
+    finally:
+        if previous_run is None:
+            os.environ.pop(PIPELINE_RUN_ENV, None)
+        else:
+            os.environ[PIPELINE_RUN_ENV] = previous_run
 
-    run_id = _newest_run(storage_root, known_runs)
     run_dir = storage_root / "runs" / run_id
     outcome = (
         json.loads((run_dir / "outcome.json").read_text()) if (run_dir / "outcome.json").exists() else {}
@@ -195,13 +214,11 @@ def run_local(
         if (path := run_dir / "summaries" / f"{step}.json").exists()
     }
     outputs = {
-        "adapter": run_dir / "train" / "adapter",
-        "evaluation report": run_dir / "evaluate" / "report.html",
-        "merged checkpoint": run_dir / "export",
-        "Triton model repository": run_dir / "build",
-        "MLflow store": storage_root / "mlflow.db",
-        "full log": log_path,
+        name: Path(summaries[step]["result"][field]) / inside
+        for name, step, field, inside in _OUTPUTS
+        if step in summaries
     }
+    outputs.update({"MLflow store": storage_root / "mlflow.db", "full log": log_path})
     return LocalRun(
         workdir=workdir,
         pipeline_run=run_id,

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from components.defaults import DEFAULT_NAMESPACE
 from components.train import distributed
 from components.train.plan import Placement, TrainError, build_plan, cluster_placement, local_placement
 
@@ -63,11 +64,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--gpus-per-node",
         type=int,
-        default=None,
-        help="pytorchjob: GPUs per pod (default: the train profile's); "
-        "torchrun: processes (default: every visible GPU)",
+        default=0,
+        help="pytorchjob: GPUs per pod (default 0: all of the train profile's); "
+        "torchrun: processes (default 0: one per visible GPU)",
     )
-    group.add_argument("--namespace", default="kubeflow", help="namespace of the job (default kubeflow)")
+    group.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help=f"namespace of the job (default {DEFAULT_NAMESPACE})"
+    )
     group.add_argument("--image", default=None, help="train image (default: containers/images.yaml)")
     group.add_argument("--preset", default="p5", help="cluster preset for the pods: p5, p4d, p4de, cpu")
     group.add_argument(
@@ -124,10 +127,11 @@ def settings_from_args(args: argparse.Namespace, config: BaseModel) -> Any:
     """The PyTorchJobSettings for this command line (a pure mapping, no cluster access)."""
     from components.images import load_images
     from components.resources import load_profiles
+    from components.train.launch import gpus_used
     from components.train.pytorchjob import PyTorchJobSettings, SecretEnv, job_name
 
     profile = load_profiles(args.profiles, preset=args.preset).train
-    gpus = args.gpus_per_node or profile.gpus
+    gpus = gpus_used(profile, args.gpus_per_node)
     profile = profile.model_copy(update={"gpus": gpus})
     secret_env = []
     for name, reference in _pairs(args.secret_env, "--secret-env").items():
@@ -154,10 +158,14 @@ def settings_from_args(args: argparse.Namespace, config: BaseModel) -> Any:
 
 
 def torchrun_processes(args: argparse.Namespace) -> int:
-    """Processes `--launcher torchrun` starts: --gpus-per-node, else one per visible GPU."""
-    if args.gpus_per_node is not None:
-        if args.gpus_per_node < 1:
-            raise ValueError(f"--gpus-per-node {args.gpus_per_node}: torchrun needs at least one process")
+    """Processes `--launcher torchrun` starts: --gpus-per-node, else (0) one per visible GPU.
+
+    A count above the visible GPUs is allowed here: on a CPU machine torchrun runs that many
+    gloo processes (launch.processes_per_node, for pods, refuses it).
+    """
+    if args.gpus_per_node < 0:
+        raise ValueError(f"--gpus-per-node {args.gpus_per_node}: use 0 (every visible GPU) or a count")
+    if args.gpus_per_node:
         return args.gpus_per_node
     import torch
 

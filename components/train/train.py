@@ -90,8 +90,8 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps with linear warmup.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     micro_batch_size: int = Field(4, ge=1, description="Sequences per forward pass on each device.")
-    global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step (accumulated).")
-    max_length: int = Field(1024, ge=8, description="Longest tokenized example; longer ones are cut.")
+    global_batch_size: int = Field(64, ge=1, description="Sequences per optimizer step (accumulated).")
+    max_length: int = Field(2048, ge=8, description="Longest tokenized example; longer ones are cut.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Compute precision: auto = bf16 on GPUs that support it, else fp32."
     )
@@ -107,7 +107,7 @@ class TrainConfig(BaseModel):
         "fused LoRA layers and a fused loss: the same loss as the plain path, within float rounding, "
         "with less time and memory. false: the plain transformers + PEFT forward on padded batches.",
     )
-    save_every_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    save_every_steps: int = Field(200, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     checkpoint_uri: str | None = Field(
         None, description="Where checkpoints go (path or s3://); default: <output>/checkpoints."
