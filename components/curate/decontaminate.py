@@ -44,6 +44,9 @@ class NgramIndex:
         self.n = n
         self._names: list[str] = []
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        # Each add's n-gram hashes in text order with their offsets, for `drop_common` to see
+        # which n-grams sit next to boilerplate; freed by it.
+        self._in_text: list[tuple[np.ndarray, np.ndarray]] | None = []
         self._hashes = np.zeros(0, dtype=np.uint64)
         self._owners = np.zeros(0, dtype=np.int64)
         # Per indexed n-gram: training records counted by `count_holders` that hold it.
@@ -60,7 +63,10 @@ class NgramIndex:
 
     def add(self, word_strings: Sequence[bytes], names: Sequence[str]) -> None:
         """Index the n-grams of records given as `record_words`; `names` are how rejections refer to them."""
+        if self._in_text is None:
+            raise RuntimeError("NgramIndex.add after drop_common: the boilerplate was decided without these")
         hashes, offsets = ngram_hashes(word_strings, self.n, whole_if_shorter=False)
+        self._in_text.append((hashes, offsets))
         owners = np.repeat(np.arange(len(self._names), len(self._names) + len(names)), np.diff(offsets))
         self._names.extend(names)
         self._pending.append((hashes, owners))
@@ -122,18 +128,35 @@ class NgramIndex:
         return holding
 
     def drop_common(self, max_holders: float) -> int:
-        """Stop matching the n-grams that more than `max_holders` counted records hold; how many."""
+        """Stop matching boilerplate n-grams; return how many distinct n-grams that drops.
+
+        Boilerplate: the n-grams that more than `max_holders` counted records hold, and the
+        n-grams sharing a word with one of those where a held-out record has them. The
+        latter are a template's last words with the first words of a record's own text
+        ("... Review: the"); few records hold each, but they say no more than the template.
+        An n-gram that some held-out record has away from boilerplate stays. Call it once,
+        after every `add` and `count_holders`.
+        """
         self._merge()
-        keep = self._holders <= max_holders
-        dropped = len(keep) - int(np.count_nonzero(keep))
-        if dropped:
-            self._hashes, self._owners, self._holders = (
-                self._hashes[keep],
-                self._owners[keep],
-                self._holders[keep],
-            )
-            self._index_bits()
-        return dropped
+        in_text, self._in_text = self._in_text or [], None
+        common = self._hashes[self._holders > max_holders]
+        if not len(common):
+            return 0
+        near, away = [], []
+        for hashes, offsets in in_text:
+            touches = _touching(hashes, offsets, common, self.n)
+            near.append(hashes[touches])
+            away.append(hashes[~touches])
+        dropped = np.setdiff1d(np.concatenate(near), np.concatenate(away))  # sorted, distinct
+        slots = np.minimum(np.searchsorted(dropped, self._hashes), len(dropped) - 1)
+        keep = dropped[slots] != self._hashes
+        self._hashes, self._owners, self._holders = (
+            self._hashes[keep],
+            self._owners[keep],
+            self._holders[keep],
+        )
+        self._index_bits()
+        return len(keep) - len(self._hashes)
 
     def match(self, word_strings: Sequence[bytes]) -> list[tuple[str, str] | None]:
         """Per record: (first shared n-gram's words, held-out record name), or None if it shares none."""
@@ -148,3 +171,18 @@ class NgramIndex:
             gram = b" ".join(word_strings[record].split(b" ")[start : start + self.n]).decode("utf-8")
             found[record] = (gram, self._names[int(self._owners[slot])])
         return found
+
+
+def _touching(hashes: np.ndarray, offsets: np.ndarray, common: np.ndarray, n: int) -> np.ndarray:
+    """Per n-gram of texts given as `ngram_hashes` output: does it share a word with a `common` one?
+
+    N-grams of one text at positions i and j share a word when |i - j| < n. `common` is sorted.
+    """
+    slots = np.minimum(np.searchsorted(common, hashes), len(common) - 1)
+    common_before = np.zeros(len(hashes) + 1, dtype=np.int64)
+    np.cumsum(common[slots] == hashes, out=common_before[1:])
+    text = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    position = np.arange(len(hashes))
+    low = np.maximum(position - (n - 1), offsets[text])
+    high = np.minimum(position + n, offsets[text + 1])
+    return common_before[high] > common_before[low]
