@@ -1029,8 +1029,8 @@ class _Curation:
         """Count the training records holding each held-out n-gram; stop matching the common ones.
 
         The training records are the train side's first-pass survivors (distinct after exact
-        dedup). Those holding no held-out n-gram at all are marked, so the matching pass
-        skips them.
+        dedup). Which of them hold some held-out n-gram is remembered: the matching pass
+        hashes only those.
         """
         self.holds_held_out = np.zeros(len(self.survivors), dtype=bool)
         training_records = 0
@@ -1041,8 +1041,8 @@ class _Curation:
         self.boilerplate_limit = self.config.boilerplate_limit(training_records)
         self.boilerplate_ngrams = held_out.drop_common(self.boilerplate_limit)
         log.info(
-            "curate: %d of the held-out %d-grams are boilerplate (held by more than %g of %d training "
-            "records) and do not count as contamination",
+            "curate: %d held-out %d-grams are boilerplate (held by more than %g of %d training records, "
+            "or overlapping one that is) and do not count as contamination",
             self.boilerplate_ngrams,
             held_out.n,
             self.boilerplate_limit,
@@ -1189,7 +1189,7 @@ class _Curation:
                 # Distinct held-out n-grams matched against, and those left out as boilerplate.
                 "held_out_ngrams": len(held_out) if held_out is not None else 0,
                 "boilerplate_ngrams": self.boilerplate_ngrams,
-                "boilerplate_min_holders": self.boilerplate_limit,
+                "boilerplate_limit": self.boilerplate_limit,
             },
         }
 

@@ -118,7 +118,7 @@ def test_templated_data_keeps_its_records_against_its_own_val_split(tmp_path: Pa
     decontamination = stats["decontamination"]
     assert decontamination["held_out"] == "val"
     assert decontamination["boilerplate_ngrams"] > 0
-    assert decontamination["boilerplate_min_holders"] == 20
+    assert decontamination["boilerplate_limit"] == 20
     # Without the rule (no share of 3,000 records is more than all of them), the templates
     # make every training record "share a passage" with val, and the run fails: the issue.
     with pytest.raises(CurateError, match=r"rejected \(val_contaminated="):
@@ -184,7 +184,7 @@ def test_a_passage_in_more_training_records_than_the_limit_is_boilerplate(tmp_pa
         tmp_path / "d", carriers + clean, eval_lines, decontamination_boilerplate_fraction=1.0
     )
     assert result.rejected_by_reason == {"contaminated": 21}
-    assert stats["decontamination"]["boilerplate_min_holders"] == 22  # all 22 training records
+    assert stats["decontamination"]["boilerplate_limit"] == 22  # all 22 training records
     # Exact copies count once: the same record 30 times is one holder (and 29 duplicates).
     result, _, _ = curated(tmp_path / "e", [carriers[0]] * 30 + clean, eval_lines)
     assert result.rejected_by_reason == {"contaminated": 1, "duplicate": 29}
