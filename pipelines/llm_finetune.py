@@ -94,6 +94,7 @@ def build_pipeline(
         storage_root: str,
         eval_data_uri: str = "",
         val_fraction: float = config_default(CurateConfig, "val_fraction"),
+        decontamination_ngram: int = config_default(CurateConfig, "decontamination_ngram"),
         lora_r: int = config_default(TrainConfig, "lora.r"),
         lora_alpha: int = config_default(TrainConfig, "lora.alpha"),
         lora_dropout: float = config_default(TrainConfig, "lora.dropout"),
@@ -157,6 +158,9 @@ def build_pipeline(
             eval_data_uri: Optional held-out evaluation set (same formats). Empty: a hash-based split of the
                 training data is held out instead.
             val_fraction: Fraction of records held out for validation when no evaluation set is given.
+            decontamination_ngram: Words per run in curate's decontamination: a training record sharing
+                such a run with a val or eval record is rejected, unless the run is boilerplate (held by
+                many training records). 0 turns the check off.
             lora_r: LoRA rank (size of the low-rank update). 8-64 is typical.
             lora_alpha: LoRA alpha; the update is scaled by alpha / r.
             lora_dropout: Dropout applied to the LoRA input during training.
@@ -264,6 +268,7 @@ def build_pipeline(
                     train_data_uri=train_data_uri,
                     eval_data_uri=eval_data_uri,
                     val_fraction=val_fraction,
+                    decontamination_ngram=decontamination_ngram,
                     **tracking,
                 ),
                 "curate",
