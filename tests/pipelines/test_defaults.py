@@ -22,6 +22,7 @@ from pipelines.llm_finetune import config_default
 # Pipeline parameter -> (step config, field) it becomes.
 CONFIG_FIELDS = {
     "val_fraction": (CurateConfig, "val_fraction"),
+    "decontamination_ngram": (CurateConfig, "decontamination_ngram"),
     "lora_r": (TrainConfig, "lora.r"),
     "lora_alpha": (TrainConfig, "lora.alpha"),
     "lora_dropout": (TrainConfig, "lora.dropout"),
