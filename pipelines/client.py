@@ -215,6 +215,21 @@ def _yaml_scalar(text: str) -> Any:
         return text
 
 
+# KFP's parameter types as a person reads them.
+TYPE_NAMES = {
+    "STRING": "a string",
+    "NUMBER_INTEGER": "an integer",
+    "NUMBER_DOUBLE": "a number",
+    "BOOLEAN": "true or false",
+    "LIST": "a list",
+    "STRUCT": "a mapping",
+}
+
+
+def _describe(param: ParameterSpec) -> str:
+    return f"{param.name} ({TYPE_NAMES.get(param.type, param.type)}{'' if param.optional else ', required'})"
+
+
 def coerce_value(param: ParameterSpec, value: Any) -> Any:
     """`value` as the JSON type KFP expects for `param`; strings (from --param) are parsed.
 
@@ -223,7 +238,8 @@ def coerce_value(param: ParameterSpec, value: Any) -> Any:
 
     def bad(why: str = "") -> ClientInputError:
         shown = f"{value!r} ({type(value).__name__})"
-        return ClientInputError(f"parameter {param.name!r} is {param.type} but got {shown}{why}")
+        expected = TYPE_NAMES.get(param.type, param.type)
+        return ClientInputError(f"parameter {param.name!r} takes {expected}, not {shown}{why}")
 
     kind = param.type
     if kind == "STRING":
@@ -273,7 +289,7 @@ def check_parameters(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict
     so a typo fails here instead of as a run that ignores it.
     """
     declared = declared_parameters(spec)
-    valid = ", ".join(f"{p.name} ({p.type}{'' if p.optional else ', required'})" for p in declared.values())
+    valid = ", ".join(_describe(p) for p in sorted(declared.values(), key=lambda p: p.name))
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ClientInputError(
