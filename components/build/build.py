@@ -31,10 +31,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components import serving_compat, storage
-from components.build.triton_hf import HfModelSettings, write_hf_repository
+from components.build.triton_hf import (
+    ContextLengthError,
+    HfModelSettings,
+    context_length,
+    write_hf_repository,
+)
 from components.build.triton_llmapi import LlmapiSettings, llm_args, write_llmapi_repository
 from components.build.triton_trtllm import COMPOSING_MODELS, EnsembleSettings, write_ensemble_repository
 from components.build.trtllm_engine import (
@@ -85,6 +90,13 @@ class BuildConfig(BaseModel):
     )
     max_new_tokens: int = Field(
         default=64, ge=1, description="Tokens generated for requests without max_tokens."
+    )
+    max_tokens_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest max_tokens a request may send (larger ones get HTTP 400); at least "
+        "max_new_tokens. Empty: what the context holds after a one-token prompt (hf: the checkpoint's "
+        "max_position_embeddings - 1; TensorRT-LLM modes: trtllm.max_seq_len - 1).",
     )
     max_batch_size: int = Field(
         default=8,
@@ -165,6 +177,12 @@ class BuildConfig(BaseModel):
             raise ValueError(
                 f"max_new_tokens ({self.max_new_tokens}) must be below "
                 f"trtllm.max_seq_len ({trtllm.max_seq_len})"
+            )
+        limit = self.max_tokens_limit
+        if limit is not None and not self.max_new_tokens <= limit < trtllm.max_seq_len:
+            raise ValueError(
+                f"max_tokens_limit ({limit}) must be at least max_new_tokens ({self.max_new_tokens}) "
+                f"and below trtllm.max_seq_len ({trtllm.max_seq_len})"
             )
         if mode == LLMAPI_MODE:
             image = self.triton_image or serving_compat.DEFAULT_TRITON_IMAGE
@@ -287,18 +305,38 @@ def _trtllm_metadata(
     }
 
 
+def _hf_settings(config: BuildConfig, checkpoint: Path, source_digest: str) -> HfModelSettings:
+    """The hf model's settings; request limits come from the checkpoint's context length."""
+    try:
+        context = context_length(checkpoint / "config.json")
+        return HfModelSettings(
+            model_name=config.model_name,
+            max_new_tokens=config.max_new_tokens,
+            max_batch_size=config.max_batch_size,
+            instance_count=config.instance_count,
+            device=config.device,
+            prompt_template=config.prompt_template,
+            context_length=context,
+            max_tokens_limit=config.max_tokens_limit,
+            source_digest=source_digest,
+        )
+    except ContextLengthError as error:
+        raise BuildError(f"model {config.model}: {error}") from None
+    except ValidationError as error:
+        reasons = "; ".join(item["msg"].removeprefix("Value error, ") for item in error.errors())
+        raise BuildError(f"model {config.model} (context length {context}): {reasons}") from None
+
+
 def _build_hf(config: BuildConfig, checkpoint: Path, staging: Path, source_digest: str) -> tuple[dict, str]:
-    settings = HfModelSettings(
-        model_name=config.model_name,
-        max_new_tokens=config.max_new_tokens,
-        max_batch_size=config.max_batch_size,
-        instance_count=config.instance_count,
-        device=config.device,
-        prompt_template=config.prompt_template,
-        source_digest=source_digest,
-    )
+    settings = _hf_settings(config, checkpoint, source_digest)
     write_hf_repository(checkpoint, staging, settings)
-    return {"backend": "python", "device": config.device, "max_batch_size": config.max_batch_size}, ""
+    return {
+        "backend": "python",
+        "device": config.device,
+        "max_batch_size": config.max_batch_size,
+        "context_length": settings.context_length,
+        "max_tokens_limit": settings.resolved_max_tokens_limit,
+    }, ""
 
 
 def _build_llmapi(
@@ -309,6 +347,7 @@ def _build_llmapi(
         max_batch_size=config.max_batch_size,
         max_new_tokens=config.max_new_tokens,
         prompt_template=config.prompt_template,
+        max_tokens_limit=config.max_tokens_limit,
         trtllm=config.trtllm,
         triton=config.triton,
         source_digest=source_digest,
@@ -372,6 +411,7 @@ def _build_engine(
         max_new_tokens=config.max_new_tokens,
         max_input_len=config.trtllm.max_input_len,
         max_seq_len=config.trtllm.max_seq_len,
+        max_tokens_limit=config.max_tokens_limit,
         prompt_template=config.prompt_template,
         triton=config.triton,
         source_digest=source_digest,

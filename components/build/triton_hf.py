@@ -4,21 +4,27 @@ Layout written by `write_hf_repository` (self-contained, so it can be served fro
 
     <model_name>/config.pbtxt        backend "python", the generate-extension tensors
     <model_name>/1/model.py          a copy of `triton_hf_model.py` (shipped as package data)
+    <model_name>/1/llmft_triton_utils.py   prompt ids and request limits (triton_python_utils.py)
     <model_name>/1/checkpoint/...    the merged HF checkpoint + tokenizer
 
 Tensor names follow Triton's generate extension (and the TRT-LLM ensemble's names), so
 `POST /v2/models/<name>/generate {"text_input": ..., "max_tokens": ...}` returns
 `{"text_output": ...}` and a client can move between serving modes unchanged.
+
+Request limits come from the checkpoint's context (config.json `max_position_embeddings`):
+prompt tokens + max_tokens must fit in it, max_tokens is at most `max_tokens_limit`, and a
+prompt longer than 16 bytes per token of the context is refused before it is tokenized.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.build.pbtxt import to_pbtxt
 from components.build.triton_config import (
@@ -26,6 +32,7 @@ from components.build.triton_config import (
     REQUEST_INPUTS,
     InstanceKind,
     TensorSpec,
+    install_python_model,
     instance_group,
     string_parameters,
     tensors,
@@ -44,6 +51,35 @@ _INSTANCE_KIND: dict[str, InstanceKind] = {"auto": "KIND_AUTO", "cpu": "KIND_CPU
 
 HF_OUTPUTS = (TensorSpec(name="text_output", data_type="TYPE_STRING", dims=(1,)),)
 
+# Where Hugging Face configs keep the context length, by model family (Llama/Mistral/Qwen: the
+# first; GPT-2: n_positions; Falcon/MPT/ChatGLM: the others). Multimodal configs nest it in
+# text_config.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+class ContextLengthError(ValueError):
+    """The checkpoint's config.json says nothing usable about how many tokens the model holds."""
+
+
+def context_length(config_json: Path) -> int:
+    """The context length a checkpoint's config.json declares: the most tokens one request may hold."""
+    try:
+        config = json.loads(config_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ContextLengthError(f"cannot read the context length from {config_json}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ContextLengthError(f"{config_json} is not a JSON object")
+    sections = [config, config.get("text_config")]
+    for section in (item for item in sections if isinstance(item, dict)):
+        for key in _CONTEXT_KEYS:
+            value = section.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+                return value
+    raise ContextLengthError(
+        f"{config_json} names no context length (looked for {', '.join(_CONTEXT_KEYS)} as an integer >= 2); "
+        "the served model needs it to bound prompts and max_tokens"
+    )
+
 
 class HfModelSettings(BaseModel):
     """Everything config.pbtxt of the hf python-backend model says."""
@@ -56,7 +92,34 @@ class HfModelSettings(BaseModel):
     instance_count: int = Field(ge=1, description="Model instances (per GPU when on GPUs).")
     device: Literal["auto", "cpu", "cuda"] = Field(description="Where model.py runs the model.")
     prompt_template: str = Field(description="Template with {prompt}; model.py renders requests with it.")
+    context_length: int = Field(
+        ge=2, description="Tokens one request may hold, prompt + generated (the checkpoint's context)."
+    )
+    max_tokens_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest max_tokens a request may send; None: context_length - 1.",
+    )
     source_digest: str = Field(default="", description="Manifest digest of the checkpoint, for lineage.")
+
+    @model_validator(mode="after")
+    def _limits_fit_the_context(self) -> HfModelSettings:
+        if self.max_new_tokens >= self.context_length:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) must be below the model's context length "
+                f"({self.context_length}): a request needs room for its prompt"
+            )
+        limit = self.max_tokens_limit
+        if limit is not None and not self.max_new_tokens <= limit < self.context_length:
+            raise ValueError(
+                f"max_tokens_limit ({limit}) must be at least max_new_tokens ({self.max_new_tokens}) and "
+                f"below the model's context length ({self.context_length})"
+            )
+        return self
+
+    @property
+    def resolved_max_tokens_limit(self) -> int:
+        return self.max_tokens_limit if self.max_tokens_limit is not None else self.context_length - 1
 
 
 def model_config_fields(settings: HfModelSettings) -> dict[str, Any]:
@@ -66,6 +129,11 @@ def model_config_fields(settings: HfModelSettings) -> dict[str, Any]:
         "max_new_tokens": str(settings.max_new_tokens),
         "device": settings.device,
         "checkpoint": CHECKPOINT_DIRNAME,
+        # Request limits (llmft_triton_utils.request_limits reads them): a prompt of at least one
+        # token (BOS) leaves at most context - 1 for the prompt and for max_tokens.
+        "max_seq_len": str(settings.context_length),
+        "max_input_len": str(settings.context_length - 1),
+        "max_tokens_limit": str(settings.resolved_max_tokens_limit),
         "source_digest": settings.source_digest,
     }
     return {
@@ -96,7 +164,7 @@ def write_hf_repository(checkpoint_dir: Path, repository_dir: Path, settings: Hf
     version_dir = model_dir / MODEL_VERSION
     version_dir.mkdir(parents=True, exist_ok=False)
     (model_dir / "config.pbtxt").write_text(render_model_config(settings), encoding="utf-8")
-    shutil.copyfile(MODEL_FILE, version_dir / "model.py")
+    install_python_model(MODEL_FILE, version_dir)
     shutil.copytree(
         checkpoint_dir, version_dir / CHECKPOINT_DIRNAME, ignore=shutil.ignore_patterns(MANIFEST_NAME)
     )

@@ -52,6 +52,9 @@ class LlmapiSettings(BaseModel):
     max_batch_size: int = Field(ge=1, description="Requests TRT-LLM batches in flight (LLM max_batch_size).")
     max_new_tokens: int = Field(ge=1, description="Tokens generated when a request has no max_tokens.")
     prompt_template: str = Field(description="Template with {prompt}; model.py renders requests with it.")
+    max_tokens_limit: int | None = Field(
+        default=None, ge=1, description="Largest max_tokens a request may send; None: max_seq_len - 1."
+    )
     trtllm: TrtllmSettings = Field(description="Parallelism and length limits for LLM().")
     triton: TritonTrtllmSettings = Field(description="KV-cache memory, chunked prefill, streaming.")
     source_digest: str = Field(default="", description="Manifest digest of the checkpoint, for lineage.")
@@ -107,6 +110,11 @@ def llmapi_config(settings: LlmapiSettings) -> dict[str, Any]:
                 "prompt_template": settings.prompt_template,
                 "max_new_tokens": str(settings.max_new_tokens),
                 "max_input_len": str(settings.trtllm.max_input_len),
+                "max_tokens_limit": str(
+                    settings.max_tokens_limit
+                    if settings.max_tokens_limit is not None
+                    else settings.trtllm.max_seq_len - 1
+                ),
                 "source_digest": settings.source_digest,
             }
         ),

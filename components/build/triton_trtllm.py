@@ -66,6 +66,9 @@ class EnsembleSettings(BaseModel):
     max_new_tokens: int = Field(ge=1, description="Output length of requests without max_tokens.")
     max_input_len: int = Field(ge=1, description="Longest prompt the engine takes (preprocessing checks it).")
     max_seq_len: int = Field(ge=2, description="Longest prompt + output (preprocessing checks it).")
+    max_tokens_limit: int | None = Field(
+        default=None, ge=1, description="Largest max_tokens a request may send; None: max_seq_len - 1."
+    )
     prompt_template: str = Field(description="Template with {prompt}, rendered by preprocessing.")
     triton: TritonTrtllmSettings = Field(description="Batching, KV cache, streaming, queue, instances.")
     source_digest: str = Field(default="", description="Manifest digest of the checkpoint, for lineage.")
@@ -202,6 +205,11 @@ def preprocessing_config(settings: EnsembleSettings) -> dict[str, Any]:
                 "max_new_tokens": str(settings.max_new_tokens),
                 "max_input_len": str(settings.max_input_len),
                 "max_seq_len": str(settings.max_seq_len),
+                "max_tokens_limit": str(
+                    settings.max_tokens_limit
+                    if settings.max_tokens_limit is not None
+                    else settings.max_seq_len - 1
+                ),
             }
         ),
     }

@@ -10,6 +10,8 @@ The client contract is the hf mode's: `text_input` (raw instruction), optional
 `max_tokens` and `temperature`, `text_output` (generated text only); in decoupled mode an
 optional `stream` sends the text as it is generated. Prompts are tokenised here exactly as
 in training and passed to TRT-LLM as token ids, so the template cannot be applied twice.
+Requests are checked against llmft_triton_utils.RequestLimits first (prompt bytes before
+tokenizing, max_tokens_limit, max_input_len, max_seq_len): a refusal is InvalidArgument (400).
 
 Every request goes to `LLM.generate_async` at once and is answered from a worker thread
 through its response sender: TRT-LLM batches requests in flight, and a slow request does
@@ -37,7 +39,7 @@ def _optional(request, name: str):
 
 
 def _error_response(error: Exception):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+    return pb_utils.InferenceResponse(output_tensors=[], error=utils.triton_error(pb_utils, error))
 
 
 class TritonPythonModel:
@@ -56,8 +58,7 @@ class TritonPythonModel:
         llm_args = update_llm_args_with_extra_dict({}, yaml_args)
         self.template = utils.parameter(config, "prompt_template", "{prompt}")
         self.default_max_tokens = int(utils.parameter(config, "max_new_tokens", "64"))
-        self.max_input_len = int(utils.parameter(config, "max_input_len", "1024"))
-        self.max_seq_len = int(yaml_args["max_seq_len"])
+        self.limits = utils.request_limits(config, max_seq_len=int(yaml_args["max_seq_len"]))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.llm = LLM(**llm_args)
         self.tokenizer = self.llm.tokenizer
@@ -68,17 +69,18 @@ class TritonPythonModel:
 
     def _submit(self, request):
         """Start generation for one request; return (TRT-LLM result, streaming?)."""
-        [prompt] = utils.strings(pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy())
+        # Cheapest checks first: nothing is tokenized for a request that cannot be served.
+        text = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy()
+        [prompt] = utils.prompts(text, self.limits.max_prompt_bytes)
         [max_tokens] = utils.per_row(
             _optional(request, "max_tokens"), "max_tokens", 1, self.default_max_tokens, int
         )
         [temperature] = utils.per_row(_optional(request, "temperature"), "temperature", 1, 0.0, float)
         [stream] = utils.per_row(_optional(request, "stream"), "stream", 1, False, bool)
-        utils.check_generation_args([max_tokens], [temperature])
+        utils.check_generation_args([max_tokens], [temperature], self.limits.max_tokens_limit)
         if stream and not self.decoupled:
             raise ValueError("stream=true needs the model's decoupled mode (build with --triton-decoupled)")
-        ids = utils.prompt_ids(self.tokenizer, self.template, prompt)
-        utils.check_lengths(len(ids), max_tokens, self.max_input_len, self.max_seq_len)
+        [ids] = utils.checked_prompt_ids(self.tokenizer, self.template, [prompt], [max_tokens], self.limits)
         params = self.sampling_params(**utils.llmapi_sampling(temperature, max_tokens))
         return self.llm.generate_async(ids, sampling_params=params, streaming=stream), stream
 

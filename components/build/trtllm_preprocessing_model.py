@@ -5,7 +5,9 @@ and the tokenizer (`preprocessing/1/tokenizer/`) beside it. It renders the promp
 around each raw instruction and tokenises it exactly as training did, then hands the
 `tensorrt_llm` model its per-request inputs: token ids and lengths, the output length
 (`max_tokens`, default `max_new_tokens`), end/pad ids and the sampling values that give
-`temperature` the hf mode's meaning (0 greedy, > 0 sampling).
+`temperature` the hf mode's meaning (0 greedy, > 0 sampling). Requests are checked against
+llmft_triton_utils.RequestLimits first (prompt bytes before tokenizing, max_tokens_limit,
+max_input_len, max_seq_len): a refusal is InvalidArgument (HTTP 400) naming the limit.
 
 Tensor names follow the preprocessing model of tensorrtllm_backend's inflight_batcher_llm.
 """
@@ -36,8 +38,7 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.template = utils.parameter(config, "prompt_template", "{prompt}")
         self.default_max_tokens = int(utils.parameter(config, "max_new_tokens", "64"))
-        self.max_input_len = int(utils.parameter(config, "max_input_len", "1024"))
-        self.max_seq_len = int(utils.parameter(config, "max_seq_len", "2048"))
+        self.limits = utils.request_limits(config)
         tokenizer_dir = utils.resolve_dir(version_dir, utils.parameter(config, "tokenizer_dir", "tokenizer"))
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         self.end_id = self.tokenizer.eos_token_id
@@ -50,16 +51,16 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"llmft preprocessing: tokenizer from {tokenizer_dir}")
 
     def _outputs(self, request) -> list:
-        prompts = utils.strings(pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy())
+        # Cheapest checks first: nothing is tokenized for a request that cannot be served.
+        query = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
+        prompts = utils.prompts(query, self.limits.max_prompt_bytes, name="text_input")
         rows = len(prompts)
         max_tokens = utils.per_row(
             _optional(request, "REQUEST_OUTPUT_LEN"), "max_tokens", rows, self.default_max_tokens, int
         )
         temperatures = utils.per_row(_optional(request, "TEMPERATURE"), "temperature", rows, 0.0, float)
-        utils.check_generation_args(max_tokens, temperatures)
-        ids = [utils.prompt_ids(self.tokenizer, self.template, prompt) for prompt in prompts]
-        for row, tokens in enumerate(ids):
-            utils.check_lengths(len(tokens), max_tokens[row], self.max_input_len, self.max_seq_len)
+        utils.check_generation_args(max_tokens, temperatures, self.limits.max_tokens_limit)
+        ids = utils.checked_prompt_ids(self.tokenizer, self.template, prompts, max_tokens, self.limits)
         width = max(len(tokens) for tokens in ids)
         # Padding only fills the rectangle; REQUEST_INPUT_LEN tells the engine each row's length.
         padded = np.array([tokens + [self.pad_id] * (width - len(tokens)) for tokens in ids], dtype=np.int32)
@@ -81,7 +82,6 @@ class TritonPythonModel:
             try:
                 responses.append(pb_utils.InferenceResponse(output_tensors=self._outputs(request)))
             except Exception as exc:  # one bad request must not fail the others in the batch
-                responses.append(
-                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
-                )
+                error = utils.triton_error(pb_utils, exc)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
         return responses

@@ -106,6 +106,7 @@ def test_settings_reach_config(device, kind):
         instance_count=3,
         device=device,
         prompt_template=template,
+        context_length=256,
     )
     config = parse_config(render_model_config(settings))
     assert config.name == "chat-1"

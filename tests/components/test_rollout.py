@@ -302,7 +302,7 @@ class TritonPythonModel(HfModel):
             prompt = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().ravel()[0].decode()
             tokens = pb_utils.get_input_tensor_by_name(request, "max_tokens")
             max_tokens = int(tokens.as_numpy().ravel()[0]) if tokens is not None else self.default_max_tokens
-            text = self._generate([prompt], max_tokens, 0.0)[0]
+            text = self._generate_text(prompt, max_tokens, 0.0)
             for piece in re.findall(r"\\S+\\s*|\\s+", text):
                 output = pb_utils.Tensor("text_output", np.array([[piece.encode()]], dtype=np.object_))
                 sender.send(pb_utils.InferenceResponse(output_tensors=[output]))
