@@ -121,14 +121,49 @@ def upload_file(local_path: str | Path, uri: str) -> None:
         shutil.copyfile(local_path, uri)
 
 
-def _list_s3_sizes(uri: str) -> dict[str, int]:
-    """Every object under an S3 "directory": its path relative to `uri` and its size."""
+@dataclass(frozen=True)
+class S3Object:
+    """One object of a listing: its size and ETag (which changes when the object is replaced)."""
+
+    size: int
+    etag: str
+
+
+def list_s3_objects(uri: str) -> dict[str, S3Object]:
+    """Every object under an S3 "directory": its key relative to `uri`, with size and ETag.
+
+    Keys are returned as S3 holds them; a caller that turns them into local paths must refuse
+    ones with `..` or absolute parts (see `safe_relative_path`).
+    """
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-    sizes: dict[str, int] = {}
+    objects: dict[str, S3Object] = {}
     for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        sizes.update((item["Key"][len(prefix) :], item["Size"]) for item in page.get("Contents", []))
-    return sizes
+        for item in page.get("Contents", []):
+            objects[item["Key"][len(prefix) :]] = S3Object(size=item["Size"], etag=item.get("ETag", ""))
+    return objects
+
+
+def read_s3_head(uri: str, n_bytes: int) -> bytes:
+    """The first `n_bytes` of an S3 object (fewer if it is shorter), with one ranged GET."""
+    if n_bytes <= 0:
+        return b""
+    bucket, key = split_s3(uri)
+    response = _s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n_bytes - 1}")
+    return response["Body"].read()
+
+
+def safe_relative_path(name: str) -> Path:
+    """`name` as a relative path that cannot leave the directory it is joined to; raise otherwise."""
+    path = Path(name)
+    if not name or path.is_absolute() or name.startswith("/") or ".." in path.parts:
+        raise ValueError(f"refusing {name!r}: a path with '..' or an absolute part would leave the destination")
+    return path
+
+
+def _list_s3_sizes(uri: str) -> dict[str, int]:
+    """Every object under an S3 "directory": its path relative to `uri` and its size."""
+    return {name: item.size for name, item in list_s3_objects(uri).items()}
 
 
 def _list_s3(uri: str) -> list[str]:
