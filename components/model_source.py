@@ -22,6 +22,7 @@ download and before a tokenizer library's own message could confuse the user.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -281,18 +282,17 @@ def directory_digest(root: Path, cache_root: str | Path | None = None) -> str:
         / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()}.json"
     )
     known: dict[str, Any] = {}
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no record yet, or a damaged one: hash again
         known = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
     entries, record = [], {}
     for name, size in list_model_files(root).items():
         stat = (root / name).stat()
         cached = known.get(name)
-        if isinstance(cached, dict) and cached.get("size") == size and cached.get("mtime_ns") == stat.st_mtime_ns:
-            sha256 = str(cached["sha256"])
-        else:
-            sha256 = storage.sha256_file(root / name)
+        unchanged = isinstance(cached, dict) and (cached.get("size"), cached.get("mtime_ns")) == (
+            size,
+            stat.st_mtime_ns,
+        )
+        sha256 = str(cached["sha256"]) if unchanged else storage.sha256_file(root / name)
         record[name] = {"size": size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
         entries.append(storage.FileEntry(path=name, size=size, sha256=sha256))
     try:
@@ -377,7 +377,8 @@ def _download_plain(
         for name in sorted(objects):
             target = staging / storage.safe_relative_path(name)
             storage.download_file(storage.join(uri, name), target)
-            entries.append(storage.FileEntry(path=name, size=target.stat().st_size, sha256=storage.sha256_file(target)))
+            size, sha256 = target.stat().st_size, storage.sha256_file(target)
+            entries.append(storage.FileEntry(path=name, size=size, sha256=sha256))
         digest = storage.Manifest(files=entries, created_at="", producer="", metadata={}).digest
         (staging / SOURCE_RECORD).write_text(json.dumps({"uri": uri, "digest": digest}), encoding="utf-8")
         try:
@@ -398,7 +399,9 @@ def parse_hub_uri(uri: str) -> tuple[str, str]:
     """`hf://org/name[@revision]` -> (repo id, revision; "main" when none is given)."""
     match = _HUB_ID.match(uri.removeprefix(HUB_SCHEME))
     if not match:
-        raise ModelSourceError(f"{uri!r} is not a Hub model id: expected hf://org/name or hf://org/name@revision")
+        raise ModelSourceError(
+            f"{uri!r} is not a Hub model id: expected hf://org/name or hf://org/name@revision"
+        )
     return match["repo"], match["revision"] or "main"
 
 
@@ -487,7 +490,9 @@ def _download_snapshot(uri: str, repo_id: str, revision: str, cache_dir: str | N
             f"({token_note})"
         ) from error
     except RevisionNotFoundError as error:
-        raise ModelNotFoundError(f"model not found: {uri}: the repository has no revision {revision!r}") from error
+        raise ModelNotFoundError(
+            f"model not found: {uri}: the repository has no revision {revision!r}"
+        ) from error
     except RepositoryNotFoundError as error:
         raise ModelNotFoundError(
             f"model not found: {uri}: no such Hub repository, or it is private and the token cannot "

@@ -157,7 +157,9 @@ def safe_relative_path(name: str) -> Path:
     """`name` as a relative path that cannot leave the directory it is joined to; raise otherwise."""
     path = Path(name)
     if not name or path.is_absolute() or name.startswith("/") or ".." in path.parts:
-        raise ValueError(f"refusing {name!r}: a path with '..' or an absolute part would leave the destination")
+        raise ValueError(
+            f"refusing {name!r}: a path with '..' or an absolute part would leave the destination"
+        )
     return path
 
 
