@@ -74,6 +74,14 @@ _HUB_IGNORED = (
 _PICKLED_WEIGHTS = ("pytorch_model*.bin", PYTORCH_INDEX)
 
 
+# The help of every step's model parameter (CLI flag and config field).
+MODEL_HELP = (
+    "a Hugging Face checkpoint directory (path or s3://; an llmft manifest is optional) "
+    "or a Hub id hf://org/name[@revision] (token from HF_TOKEN)"
+)
+BASE_MODEL_HELP = f"Base model: {MODEL_HELP}."
+
+
 class ModelSourceError(ValueError):
     """A model source cannot be used: not a checkpoint, incomplete, or not reachable."""
 
