@@ -345,6 +345,13 @@ def _resolve_s3(uri: str, cache_root: str | Path | None) -> ModelSource:
     objects = storage.list_s3_objects(uri)
     if not objects:
         raise ModelNotFoundError(f"model not found: no objects under {uri}")
+    for name in objects:  # every key, hidden or not: a key that leaves the directory is an attack
+        if not name.rstrip("/"):
+            continue  # the "folder" object some consoles create for the prefix itself
+        try:
+            storage.safe_relative_path(name.rstrip("/"))
+        except ValueError as error:
+            raise ModelSourceError(f"{uri}: {error}") from error
     files = _s3_files(uri, objects)
     # Checked from the listing and ranged reads of the headers, before gigabytes are downloaded.
     check_checkpoint(files)
@@ -352,11 +359,6 @@ def _resolve_s3(uri: str, cache_root: str | Path | None) -> ModelSource:
         manifest = storage.require_complete(uri)
         local = storage.localize_dir(uri, cache_root=cache_root)
         return ModelSource(uri=uri, local_dir=local, digest=manifest.digest)
-    for name in files.sizes:
-        try:
-            storage.safe_relative_path(name)
-        except ValueError as error:
-            raise ModelSourceError(f"{uri}: {error}") from error
     local, digest = _download_plain(uri, {name: objects[name] for name in files.sizes}, cache_root)
     check_checkpoint(_local_files(local, uri))
     return ModelSource(uri=uri, local_dir=local, digest=digest)

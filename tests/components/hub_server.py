@@ -46,7 +46,7 @@ class HubHandler(BaseHTTPRequestHandler):
     log_path: Path
     token: str
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         return  # requests go to the request log instead
 
     def _record(self) -> None:
