@@ -556,10 +556,10 @@ def evaluate(config: EvaluateConfig, tracker: Tracker = NULL_TRACKER) -> Evaluat
     # Every cheap input check runs before the model load, which can take minutes.
     val_records = load_val_records(storage.localize_dir(config.data))
     curves = load_train_curves(config.train_metrics) if config.train_metrics else None
-    base = resolve_model(config.base_model)  # an llmft dir, a plain HF checkpoint (path or s3://) or hf://
-    base_dir = base.local_dir
+    base_source = resolve_model(config.base_model)  # llmft dir, plain HF checkpoint (path or s3://), hf://
+    base_dir = base_source.local_dir
     adapter_dir = storage.localize_dir(config.adapter)
-    check_adapter_identity(adapter_dir, config.adapter, base)
+    check_adapter_identity(adapter_dir, config.adapter, base_source)
     lookup = find_production(tracker.tracking_uri, config.registered_model_name, config.production_alias)
     production_dir = _localize_production(lookup)
 
@@ -639,7 +639,7 @@ def evaluate(config: EvaluateConfig, tracker: Tracker = NULL_TRACKER) -> Evaluat
         "gate": {"passed": passed, "reasons": reasons, "thresholds": config.gate.model_dump()},
         "data": data_summary,
         "inputs": inputs,
-        "base_model_lineage": base.lineage(),
+        "base_model_lineage": base_source.lineage(),
         "settings": config.model_dump(include={"max_eval_records", "max_new_tokens", "max_length", "seed"}),
         "device": device,
         "runtime_s": round(time.perf_counter() - started, 3),
