@@ -442,6 +442,18 @@ def test_llmft_train_takes_a_plain_checkpoint(plain_model, tmp_path, capsys) -> 
     assert adapter.metadata["base_model"] == str(plain_model)
     assert adapter.metadata["base_model_digest"] == resolve_model(str(plain_model)).digest
 
+    # evaluate knows the base model by content: an imported copy elsewhere is the same model ...
+    from components.evaluate.evaluate import EvaluateError, check_adapter_identity
+    from pipelines.model_import import import_model
+
+    copy = import_model(str(plain_model), str(tmp_path / "copy")).destination
+    check_adapter_identity(output / "adapter", str(output / "adapter"), resolve_model(copy))
+    # ... and a model with other files is another one, whatever it is called.
+    config = json.loads((plain_model / "config.json").read_text())
+    (plain_model / "config.json").write_text(json.dumps({**config, "note": "changed"}))
+    with pytest.raises(EvaluateError, match="whose content differs"):
+        check_adapter_identity(output / "adapter", str(output / "adapter"), resolve_model(str(plain_model)))
+
 
 def test_llmft_train_refuses_a_dataset_as_base_model(tmp_path, capsys) -> None:
     from pipelines.cli import main
