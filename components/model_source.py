@@ -431,6 +431,12 @@ def _hub_token() -> str | None:
 
 def _resolve_hub(uri: str, cache_root: str | Path | None) -> ModelSource:
     repo_id, revision = parse_hub_uri(uri)
+    try:
+        import huggingface_hub  # noqa: F401 - only to fail early with a clear message
+    except ImportError as error:
+        raise ModelSourceError(
+            f"{uri}: hf:// models need huggingface_hub, which this image lacks (pip install 'llmft[train]')"
+        ) from error
     cache_dir = str(cache_root or os.environ.get("LLMFT_MODEL_CACHE") or "") or None
     snapshot = _cached_snapshot(repo_id, revision, cache_dir)
     if snapshot is None:
@@ -449,9 +455,11 @@ def _cached_snapshot(repo_id: str, revision: str, cache_dir: str | None) -> Path
     A branch resolves to the commit the cache recorded for it, so train, evaluate and export on
     one cache use one commit; pin `@<commit>` to pick one explicitly.
     """
-    from huggingface_hub import get_cached_repo_tree, snapshot_download
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
-
+    try:
+        from huggingface_hub import get_cached_repo_tree, snapshot_download
+        from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
+    except ImportError:  # an image's older huggingface_hub (< 2.4) keeps no tree listing: ask the Hub
+        return None
     try:
         tree = get_cached_repo_tree(repo_id, revision=revision, cache_dir=cache_dir)
         path = snapshot_download(
