@@ -525,4 +525,25 @@ def _download_snapshot(uri: str, repo_id: str, revision: str, cache_dir: str | N
         ) from error
     except HfHubHTTPError as error:
         raise ModelSourceError(f"cannot download {uri} from the Hub: {error}") from error
+    except Exception as error:
+        if not _is_network_error(error):
+            raise
+        offline = " (HF_HUB_OFFLINE is set, and it is not in the model cache)" if _hub_offline() else ""
+        raise ModelSourceError(
+            f"cannot reach the Hub at {endpoint or 'https://huggingface.co'} for {uri}{offline}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     return Path(path)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _is_network_error(error: Exception) -> bool:
+    """Connection, timeout and offline-mode errors, from the OS or huggingface_hub's HTTP client."""
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in (
+        "httpx",
+        "httpx2",
+        "httpcore",
+    )

@@ -352,6 +352,13 @@ def test_hub_errors(hub) -> None:
         resolve_model("hf://acme/gated")
 
 
+def test_unreachable_hub_is_a_clear_error(monkeypatch) -> None:
+    endpoint = f"http://{LOOPBACK}:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    with pytest.raises(ModelSourceError, match=rf"cannot reach the Hub at {endpoint} for hf://acme/tiny"):
+        resolve_model("hf://acme/tiny")
+
+
 def test_hub_token_comes_from_hf_token_and_is_never_shown(hub, monkeypatch) -> None:
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     assert resolve_model("hf://acme/gated").revision == commit_sha(hub["root"] / "acme" / "gated")
