@@ -31,7 +31,7 @@ import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -475,8 +475,17 @@ def _cached_snapshot(repo_id: str, revision: str, cache_dir: str | None) -> Path
     return Path(path)
 
 
-def _download_snapshot(uri: str, repo_id: str, revision: str, cache_dir: str | None) -> Path:
-    from huggingface_hub import HfApi, snapshot_download
+def _hub_endpoint() -> str | None:
+    # Read at call time: huggingface_hub reads HF_ENDPOINT once, at import.
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+@contextlib.contextmanager
+def _hub_errors(uri: str, revision: str) -> Iterator[None]:
+    """Turn huggingface_hub's and the network's exceptions into ModelSourceErrors that say what to do.
+
+    Whether HF_TOKEN is set is said; its value never is.
+    """
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -486,22 +495,9 @@ def _download_snapshot(uri: str, repo_id: str, revision: str, cache_dir: str | N
         RevisionNotFoundError,
     )
 
-    # Read at call time: huggingface_hub reads HF_ENDPOINT once, at import.
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    token = _hub_token()
-    token_note = "HF_TOKEN is set" if token else "HF_TOKEN is not set"
+    token_note = "HF_TOKEN is set" if _hub_token() else "HF_TOKEN is not set"
     try:
-        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision)
-        names = [sibling.rfilename for sibling in info.siblings or []]
-        log.info("downloading %s (%s) from %s", uri, info.sha, endpoint or "the Hugging Face Hub")
-        path = snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            endpoint=endpoint,
-            ignore_patterns=hub_ignore_patterns(names),
-        )
+        yield
     except GatedRepoError as error:  # before RepositoryNotFoundError: it is one
         raise ModelSourceError(
             f"{uri} is gated: accept its terms on the Hub and give a token with access in HF_TOKEN "
@@ -530,10 +526,57 @@ def _download_snapshot(uri: str, repo_id: str, revision: str, cache_dir: str | N
             raise
         offline = " (HF_HUB_OFFLINE is set, and it is not in the model cache)" if _hub_offline() else ""
         raise ModelSourceError(
-            f"cannot reach the Hub at {endpoint or 'https://huggingface.co'} for {uri}{offline}: "
+            f"cannot reach the Hub at {_hub_endpoint() or 'https://huggingface.co'} for {uri}{offline}: "
             f"{type(error).__name__}: {error}"
         ) from error
+
+
+def _download_snapshot(uri: str, repo_id: str, revision: str, cache_dir: str | None) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+
+    endpoint, token = _hub_endpoint(), _hub_token()
+    with _hub_errors(uri, revision):
+        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision)
+        names = [sibling.rfilename for sibling in info.siblings or []]
+        log.info("downloading %s (%s) from %s", uri, info.sha, endpoint or "the Hugging Face Hub")
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            endpoint=endpoint,
+            ignore_patterns=hub_ignore_patterns(names),
+        )
     return Path(path)
+
+
+def read_hub_config(uri: str, cache_root: str | Path | None = None) -> dict[str, Any]:
+    """config.json of a Hub model, and nothing else: what a dry run's plan needs, without the weights."""
+    from huggingface_hub import hf_hub_download
+
+    repo_id, revision = parse_hub_uri(uri)
+    cache_dir = str(cache_root or os.environ.get("LLMFT_MODEL_CACHE") or "") or None
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    with _hub_errors(uri, revision):
+        try:
+            path = hf_hub_download(
+                repo_id,
+                CONFIG_FILE,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=_hub_token(),
+                endpoint=_hub_endpoint(),
+            )
+        except RemoteEntryNotFoundError as error:
+            raise ModelSourceError(f"not a Hugging Face checkpoint: no {CONFIG_FILE} in {uri}") from error
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelSourceError(f"{uri}: {CONFIG_FILE} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{uri}: {CONFIG_FILE} does not hold a JSON object")
+    return config
 
 
 def _hub_offline() -> bool:

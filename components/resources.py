@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 # Step names, in pipeline order; `finalize` is the exit-handler task.
 STEPS: tuple[str, ...] = ("curate", "train", "evaluate", "export", "build", "rollout", "finalize")
+# Profiles: one per step, plus the CPU pods that stand in for a GPU step where its GPUs would idle.
+# `train_launcher` runs train when num_nodes > 1 (it only creates and watches the PyTorchJob, whose
+# pods get the `train` profile); `build_repository` runs build in the serving modes that compile no
+# engine. KFP fixes a task's resources at compile time, so the pipeline holds both tasks and picks
+# one at run time (dsl.If / dsl.Else, joined with dsl.OneOf).
+PROFILES: tuple[str, ...] = (*STEPS, "train_launcher", "build_repository")
 
 # Kubernetes names this module writes into pod specs and labels.
 GPU_RESOURCE = "nvidia.com/gpu"  # NVIDIA device plugin's extended resource; KFP's accelerator "type"
@@ -76,6 +82,8 @@ _MEMORY_FACTORS: dict[str, int] = {
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # DNS-1123 subdomain, the form of PriorityClass, ServiceAccount and Secret names.
 _DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 class ProfileConfigError(ValueError):
@@ -136,6 +144,45 @@ class Toleration(BaseModel):
         if self.toleration_seconds is not None:
             out["tolerationSeconds"] = self.toleration_seconds
         return out
+
+
+class SecretEnv(BaseModel):
+    """An environment variable read from a key of a Kubernetes Secret (never a literal value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Environment variable name in the container, e.g. HF_TOKEN.")
+    secret: str = Field(description="Name of the Secret in the pod's namespace.")
+    key: str = Field(description="Key inside the Secret.")
+    optional: bool = Field(default=False, description="Start the pod even if the Secret or key is missing.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _ENV_NAME_RE.match(value):
+            raise ValueError(f"invalid environment variable name {value!r}")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: str) -> str:
+        if len(value) > 253 or not _DNS_SUBDOMAIN_RE.match(value):
+            raise ValueError(f"invalid Secret name {value!r}: lowercase alphanumerics, '-' and '.'")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        if len(value) > 253 or not _SECRET_KEY_RE.match(value):
+            raise ValueError(f"invalid Secret key {value!r}: alphanumerics, '-', '_' and '.'")
+        return value
+
+    def to_env(self) -> dict[str, Any]:
+        """The container env entry: valueFrom.secretKeyRef."""
+        ref: dict[str, Any] = {"name": self.secret, "key": self.key}
+        if self.optional:
+            ref["optional"] = True
+        return {"name": self.name, "valueFrom": {"secretKeyRef": ref}}
 
 
 class ResourceProfile(BaseModel):
@@ -201,6 +248,14 @@ class ResourceProfile(BaseModel):
             "set by the Kyverno policy; on pods llmft launches itself, spec.priorityClassName."
         ),
     )
+    secret_env: list[SecretEnv] = Field(
+        default_factory=list,
+        description=(
+            "Environment variables read from Kubernetes Secret keys, on the KFP task pod and the pods the "
+            "step launches: HF_TOKEN for a gated Hugging Face model, say. Credentials never travel as "
+            "pipeline parameters."
+        ),
+    )
 
     @field_validator("cpu_request", "cpu_limit")
     @classmethod
@@ -264,6 +319,15 @@ class ResourceProfile(BaseModel):
                 raise ValueError(f"invalid image pull secret name {name!r}")
         return value
 
+    @field_validator("secret_env")
+    @classmethod
+    def _check_secret_env(cls, value: list[SecretEnv]) -> list[SecretEnv]:
+        names = [item.name for item in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"secret_env sets {', '.join(duplicates)} more than once")
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> ResourceProfile:
         if self.gpu_product and self.gpus == 0:
@@ -324,6 +388,14 @@ class PipelineProfiles(BaseModel):
     build: ResourceProfile = Field(
         default_factory=lambda: _preset_step("p5", "build"), description="TRT-LLM build (GPU, trtllm image)."
     )
+    train_launcher: ResourceProfile = Field(
+        default_factory=lambda: _preset_step("p5", "train_launcher"),
+        description="Multi-node train: the CPU pod that launches and watches the PyTorchJob.",
+    )
+    build_repository: ResourceProfile = Field(
+        default_factory=lambda: _preset_step("p5", "build_repository"),
+        description="Build in the modes without an engine (hf, trtllm-llmapi): CPU, trtllm image.",
+    )
     rollout: ResourceProfile = Field(
         default_factory=lambda: _preset_step("p5", "rollout"), description="Triton rollout (CPU, base image)."
     )
@@ -332,9 +404,9 @@ class PipelineProfiles(BaseModel):
     )
 
     def for_step(self, step: str) -> ResourceProfile:
-        """The profile of `step` (one of `STEPS`)."""
-        if step not in STEPS:
-            raise KeyError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
+        """The profile of `step` (one of `PROFILES`)."""
+        if step not in PROFILES:
+            raise KeyError(f"unknown profile {step!r}; profiles are {', '.join(PROFILES)}")
         profile: ResourceProfile = getattr(self, step)
         return profile
 
@@ -359,20 +431,20 @@ _GPU_NODES: dict[str, dict[str, Any]] = {
     "p4de": {"instance_type": "p4de.24xlarge", "gpu_product": "NVIDIA-A100-SXM4-80GB", "efa": 4},
 }
 
-# Per node size: (gpus, cpu_request, memory, shm) for train (whole node), evaluate/build (whole node's
-# GPUs, less host memory), export (one GPU's share of the node).
+# Per node size: (gpus, cpu_request, memory, shm). Each GPU step asks for the GPUs its code uses with the
+# default parameters (tests/components/test_gpu_use.py checks it): train the whole node (gpus_per_node 0
+# = every GPU of the pod), evaluate one GPU (it loads the model on one; given more, it spreads the model
+# over them), build one GPU (a TensorRT-LLM engine of tensor_parallel_size x pipeline_parallel_size = 1).
 _GPU_STEP_SIZES: dict[str, dict[str, tuple[int, str, str, str]]] = {
     "p5": {
         "train": (8, "160", "1600Gi", "256Gi"),
-        "evaluate": (8, "96", "1000Gi", "128Gi"),
-        "build": (8, "96", "1000Gi", "128Gi"),
-        "export": (1, "20", "240Gi", "32Gi"),
+        "evaluate": (1, "20", "240Gi", "32Gi"),
+        "build": (1, "20", "240Gi", "32Gi"),
     },
     "p4d": {
         "train": (8, "80", "960Gi", "192Gi"),
-        "evaluate": (8, "48", "560Gi", "96Gi"),
-        "build": (8, "48", "560Gi", "96Gi"),
-        "export": (1, "10", "136Gi", "16Gi"),
+        "evaluate": (1, "10", "136Gi", "16Gi"),
+        "build": (1, "10", "136Gi", "16Gi"),
     },
 }
 _GPU_STEP_SIZES["p4de"] = _GPU_STEP_SIZES["p4d"]
@@ -380,8 +452,23 @@ _GPU_STEP_SIZES["p4de"] = _GPU_STEP_SIZES["p4d"]
 # CPU steps are the same under every GPU preset: they run on general-purpose nodes.
 _CPU_STEPS: dict[str, dict[str, Any]] = {
     "curate": {"cpu_request": "4", "cpu_limit": "8", "memory_request": "16Gi", "memory_limit": "16Gi"},
+    # Merging on the CPU needs the base model's weights in host memory (twice the parameter count
+    # in bytes at bf16): 240Gi holds a 70B model with room for the adapter and the save.
+    "export": {"cpu_request": "16", "memory_request": "240Gi", "memory_limit": "240Gi"},
     "rollout": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "2Gi"},
     "finalize": {"cpu_request": "500m", "cpu_limit": "1", "memory_request": "1Gi", "memory_limit": "1Gi"},
+    "train_launcher": {
+        "cpu_request": "500m",
+        "cpu_limit": "1",
+        "memory_request": "1Gi",
+        "memory_limit": "2Gi",
+    },
+    "build_repository": {
+        "cpu_request": "2",
+        "cpu_limit": "4",
+        "memory_request": "8Gi",
+        "memory_limit": "8Gi",
+    },
 }
 
 # The `cpu` preset: no GPU, no EFA, no taints, small enough for kind/minikube on a laptop.
@@ -489,13 +576,13 @@ def merge_profiles(
             f"{source}: expected a mapping of step names, got {type(overrides).__name__}"
         )
     for key in overrides:
-        if key not in STEPS and key != ALL_STEPS_KEY:
+        if key not in PROFILES and key != ALL_STEPS_KEY:
             raise ProfileConfigError(
-                f"{source}: unknown step {key!r}; steps are {', '.join(STEPS)} (or {ALL_STEPS_KEY!r})"
+                f"{source}: unknown step {key!r}; steps are {', '.join(PROFILES)} (or {ALL_STEPS_KEY!r})"
             )
     common = _check_section(source, ALL_STEPS_KEY, overrides.get(ALL_STEPS_KEY))
     data = _preset_data(preset)
-    for step in STEPS:
+    for step in PROFILES:
         section = _check_section(source, step, overrides.get(step))
         data[step] = _merge_step(_merge_step(data[step], common), section)
     try:
@@ -572,9 +659,10 @@ def pod_spec_overrides(profile: ResourceProfile) -> dict[str, dict[str, Any]]:
     resources = {name: values for name, values in (("requests", requests), ("limits", limits)) if values}
     if resources:
         container["resources"] = resources
-    env = profile.environment()
+    env = [{"name": name, "value": value} for name, value in profile.environment().items()]
+    env += [item.to_env() for item in profile.secret_env]
     if env:
-        container["env"] = [{"name": name, "value": value} for name, value in env.items()]
+        container["env"] = env
 
     pod: dict[str, Any] = {}
     selector = profile.effective_node_selector()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from components import storage, tracking
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class ArtifactLike(Protocol):
@@ -29,24 +31,67 @@ class ArtifactLike(Protocol):
     metadata: dict[str, Any]
 
 
-def run_output_uri(storage_root: str, run_id: str, step: str) -> str:
-    """Where one step of one pipeline run writes: <storage_root>/runs/<run_id>/<step>."""
-    if not storage_root:
-        raise ValueError("storage_root is empty: set it to an s3://bucket/prefix or a local directory")
-    return storage.join(storage_root, "runs", run_id, step)
+# The KFP run id reaches a step through the environment (pipelines/cluster.py `expose_run_id` sets it
+# from the pod's `pipeline/runid` label; `llmft local` sets it itself), never as a task input: an
+# input that changes every run would change KFP's cache key every run.
+PIPELINE_RUN_ENV = "LLMFT_PIPELINE_RUN"
+# Hex digits of the sha256 in an output address: 64 bits, no collisions among one root's outputs.
+ADDRESS_HEX_DIGITS = 16
 
 
-def content_output_uri(storage_root: str, step: str, settings: Mapping[str, Any]) -> str:
-    """A location derived from a step's settings, so a cached KFP task and a rerun agree.
+def pipeline_run_id() -> str:
+    """The id of the pipeline run this step belongs to, from LLMFT_PIPELINE_RUN."""
+    run_id = os.environ.get(PIPELINE_RUN_ENV, "").strip()
+    if not run_id:
+        raise ValueError(
+            f"{PIPELINE_RUN_ENV} is not set: in a KFP task it comes from the pod's pipeline/runid label "
+            "(pipelines/cluster.py expose_run_id); outside a pipeline set it to an id that names the run"
+        )
+    return run_id
 
-    Used by curate, whose output depends only on its inputs and settings: reruns with the
-    same settings rewrite the same directory (its manifest goes last, so readers never see
-    a half-written one) and KFP's cache can hand the old artifact to the next run.
+
+def output_address(
+    storage_root: str,
+    step: str,
+    settings: Mapping[str, Any],
+    input_digests: Mapping[str, str] | None = None,
+) -> str:
+    """`<storage_root>/<step>/<sha256 of the settings and input digests, 16 hex>`: equal inputs, equal place.
+
+    A rerun with the same settings and inputs rewrites the same directory (its manifest goes last,
+    so readers never see a half-written one), and KFP's cache can hand the old artifact on.
     """
     if not storage_root:
         raise ValueError("storage_root is empty: set it to an s3://bucket/prefix or a local directory")
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    key = {"settings": dict(settings), "inputs": dict(sorted((input_digests or {}).items()))}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:ADDRESS_HEX_DIGITS]
     return storage.join(storage_root, step, digest)
+
+
+def addressed_config(
+    config_type: type[ConfigT],
+    settings: Mapping[str, Any],
+    storage_root: str,
+    step: str,
+    input_digests: Mapping[str, str] | None = None,
+    output_field: str = "output",
+    not_addressed: frozenset[str] = frozenset(),
+) -> ConfigT:
+    """`config_type` from `settings`, its `output_field` set to the content address of the rest.
+
+    The address covers the validated config (defaults filled in, so spelling a default out changes
+    nothing) and `input_digests` (e.g. the curated dataset's sha256); fields in `not_addressed`
+    describe where a result came from (lineage), not what it is, and are left out.
+    """
+    config = config_type.model_validate({**settings, output_field: storage_root or "unset"})
+    addressed = config.model_dump(mode="json", exclude={output_field, *not_addressed})
+    uri = output_address(storage_root, step, addressed, input_digests)
+    return config.model_copy(update={output_field: uri})
+
+
+def split_list(text: str) -> list[str]:
+    """A comma-separated pipeline parameter as a list, blanks dropped ("a, b," -> ["a", "b"])."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def point_artifact(artifact: ArtifactLike, uri: str, metadata: Mapping[str, Any] | None = None) -> None:
@@ -70,7 +115,10 @@ def copy_report(output_uri: str, artifact: ArtifactLike, name: str = "report.htm
 
 
 def summary_uri(storage_root: str, pipeline_run: str, step: str) -> str:
-    """Where a step leaves its result for people and for `llmft local`'s closing recap."""
+    """Where a step leaves its result for people and for `llmft local`'s closing recap.
+
+    Per run, unlike the outputs: a summary says what this run did (a cached step writes none).
+    """
     return storage.join(storage_root, "runs", pipeline_run, "summaries", f"{step}.json")
 
 
@@ -80,7 +128,6 @@ def run_component_step(
     config: BaseModel,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
     storage_root: str,
 ) -> tuple[ResultT, str | None]:
     """Run a step inside a KFP task: logs to stdout, an MLflow run, a summary kept with the run."""
@@ -90,6 +137,7 @@ def run_component_step(
         stream=sys.stdout,
         force=True,
     )
+    pipeline_run = pipeline_run_id()
     uri = tracking.resolve_tracking_uri(mlflow_tracking_uri, storage_root)
     result, mlflow_run_id = tracking.run_step(step, function, config, uri, mlflow_experiment, pipeline_run)
     summary = result.summary()

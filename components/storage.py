@@ -36,6 +36,10 @@ class IncompleteDirectoryError(RuntimeError):
     """A directory has no manifest, or its files do not match it."""
 
 
+class UnsafeManifestError(IncompleteDirectoryError):
+    """A manifest that is malformed, or lists a path that would land outside its directory."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -153,14 +157,26 @@ def read_s3_head(uri: str, n_bytes: int) -> bytes:
     return response["Body"].read()
 
 
+def path_problem(path: object) -> str | None:
+    """Why a file name from elsewhere (a manifest entry, an S3 key) could land outside its directory.
+
+    Only plain relative POSIX paths below the directory are accepted; None when `path` is one.
+    """
+    if not isinstance(path, str) or not path:
+        return "is not a file name"
+    if path.startswith("/") or "\\" in path or "\0" in path or path[1:2] == ":":
+        return "is absolute or not a plain POSIX path"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "has an empty, '.' or '..' part: it could resolve outside its directory"
+    return None
+
+
 def safe_relative_path(name: str) -> Path:
-    """`name` as a relative path that cannot leave the directory it is joined to; raise otherwise."""
-    path = Path(name)
-    if not name or path.is_absolute() or name.startswith("/") or ".." in path.parts:
-        raise ValueError(
-            f"refusing {name!r}: a path with '..' or an absolute part would leave the destination"
-        )
-    return path
+    """`name` as a relative path that cannot leave the directory it is joined to; ValueError otherwise."""
+    problem = path_problem(name)
+    if problem:
+        raise ValueError(f"refusing {name!r}: it {problem}")
+    return Path(name)
 
 
 def _list_s3_sizes(uri: str) -> dict[str, int]:
@@ -238,14 +254,70 @@ class Manifest:
         return json.dumps({**asdict(self), "digest": self.digest}, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
-        return cls(
-            files=[FileEntry(**entry) for entry in data["files"]],
-            created_at=data["created_at"],
-            producer=data["producer"],
-            metadata=data.get("metadata", {}),
-        )
+    def from_json(cls, text: str, source: str = MANIFEST_NAME) -> Manifest:
+        """Parse a manifest; `source` names it in errors. Every entry is checked before any use."""
+        try:
+            data = json.loads(text)
+            files = [FileEntry(**entry) for entry in data["files"]]
+            manifest = cls(
+                files=files,
+                created_at=data["created_at"],
+                producer=data["producer"],
+                metadata=data.get("metadata", {}),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise UnsafeManifestError(f"{source} is not a valid manifest: {type(error).__name__}") from None
+        seen: set[str] = set()
+        for index, entry in enumerate(manifest.files):
+            problem = _entry_problem(entry)
+            if problem is None and entry.path in seen:
+                problem = "is listed twice"
+            if problem:
+                raise UnsafeManifestError(f"{source}: files[{index}] path {entry.path!r} {problem}")
+            seen.add(entry.path)
+        return manifest
+
+
+_SHA256_DIGITS = frozenset("0123456789abcdef")
+
+
+def _entry_problem(entry: FileEntry) -> str | None:
+    """Why a manifest entry cannot be trusted, or None.
+
+    A manifest comes from wherever the directory lives (a bucket others may write), and its paths
+    become local file names: only plain relative paths below the directory are accepted.
+    """
+    problem = path_problem(entry.path)
+    if problem:
+        return problem
+    if entry.path == MANIFEST_NAME:
+        return "is the manifest itself"
+    if not isinstance(entry.size, int) or isinstance(entry.size, bool) or entry.size < 0:
+        return f"has size {entry.size!r}, not a byte count"
+    sha256 = entry.sha256
+    if not isinstance(sha256, str) or len(sha256) != 64 or not _SHA256_DIGITS.issuperset(sha256):
+        return "has a sha256 that is not 64 lowercase hex digits"
+    return None
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """`root / relative`, refused if it resolves (through a symlink, say) outside `root`."""
+    path = root / relative
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UnsafeManifestError(f"{relative!r} resolves outside {root}: refusing to write there")
+    return path
+
+
+def _fetch_checked(uri: str, entry: FileEntry, root: Path) -> None:
+    """Download one manifest entry below `root`, checked against its sha256 before it takes its name."""
+    final = _inside(root, entry.path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f".{final.name}.llmft-partial")
+    download_file(join(uri, entry.path), partial)
+    if sha256_file(partial) != entry.sha256:
+        partial.unlink()
+        raise IncompleteDirectoryError(f"{join(uri, entry.path)} does not match its sha256 in the manifest")
+    os.replace(partial, final)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -315,7 +387,7 @@ def read_manifest(uri: str) -> Manifest:
             f"{uri} has no {MANIFEST_NAME}: it is incomplete (its writer did not finish) "
             "or not an llmft output"
         )
-    return Manifest.from_json(read_text(manifest_uri))
+    return Manifest.from_json(read_text(manifest_uri), source=manifest_uri)
 
 
 def require_complete(uri: str) -> Manifest:
@@ -349,11 +421,7 @@ def localize_dir(uri: str, cache_root: str | Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(dir=local.parent, prefix=".staging-"))
     try:
         for entry in manifest.files:
-            download_file(join(uri, entry.path), staging / entry.path)
-            if sha256_file(staging / entry.path) != entry.sha256:
-                raise IncompleteDirectoryError(
-                    f"{join(uri, entry.path)} does not match its sha256 in the manifest"
-                )
+            _fetch_checked(uri, entry, staging)
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         try:
             staging.rename(local)
@@ -384,7 +452,9 @@ def download_dir(uri: str, local_dir: str | Path) -> Manifest:
     target.mkdir(parents=True, exist_ok=True)
     marker = target / DOWNLOAD_MARKER
     if (target / MANIFEST_NAME).is_file() and not marker.exists():
-        present = Manifest.from_json((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+        present = Manifest.from_json(
+            (target / MANIFEST_NAME).read_text(encoding="utf-8"), source=str(target / MANIFEST_NAME)
+        )
         if present.digest == manifest.digest:
             require_complete(str(target))
             log.info("%s already holds %s (digest %s)", target, uri, manifest.digest)
@@ -402,11 +472,7 @@ def download_dir(uri: str, local_dir: str | Path) -> Manifest:
             path.unlink()
     marker.write_text(f"copying {uri}\n", encoding="utf-8")
     for entry in manifest.files:
-        download_file(join(uri, entry.path), target / entry.path)
-        if sha256_file(target / entry.path) != entry.sha256:
-            raise IncompleteDirectoryError(
-                f"{join(uri, entry.path)} does not match its sha256 in the manifest"
-            )
+        _fetch_checked(uri, entry, target)
     (target / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     marker.unlink()  # after the manifest: a crash in between leaves the marker, and a rerun redoes the copy
     log.info(

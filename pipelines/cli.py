@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+
+from components.defaults import DEFAULT_EXPERIMENT
 
 log = logging.getLogger("llmft")
 
@@ -69,6 +72,15 @@ STEPS = {
     ),
 }
 STEP_COMMANDS = tuple(STEPS)
+# Namespace keys of a step command that are not config settings (see _add_step_parser).
+_FLAG_SPELLINGS = "flag_spellings"
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("llmft")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (llmft is not installed; run from a source tree)"
 
 
 def _load_step(name: str) -> tuple[type[BaseModel], Callable[..., BaseModel]]:
@@ -149,36 +161,105 @@ def _read_settings(text: str, source: str) -> dict[str, Any]:
 
 
 def load_step_config(
-    model: type[BaseModel], config_file: str | None, flags: dict[str, Any], config_env: str | None = None
+    model: type[BaseModel],
+    config_file: str | None,
+    flags: dict[str, Any],
+    config_env: str | None = None,
+    typed_flags: dict[str, str] | None = None,
 ) -> BaseModel:
     """Build a step config from a YAML file or an environment variable, then flags (flags win).
 
     `config_env` names a variable holding the settings as YAML or JSON: launchers pass a
-    whole config to torchrun workers and PyTorchJob pods that way. Errors name the source.
+    whole config to torchrun workers and PyTorchJob pods that way. An invalid setting is
+    named the way the user gave it: the flag as typed (`typed_flags`: field -> `--input`),
+    else the key in the --config file or the variable. Values are never shown: some are secret.
     """
-    settings: dict[str, Any] = {}
-    sources = []
+    file_settings: dict[str, Any] = {}
+    env_settings: dict[str, Any] = {}
     if config_file:
         try:
             text = Path(config_file).read_text(encoding="utf-8")
         except OSError as error:
             raise SystemExit(f"llmft: cannot read --config {config_file}: {error}") from error
-        settings = _read_settings(text, f"--config {config_file}")
-        sources.append(config_file)
+        file_settings = _read_settings(text, f"--config {config_file}")
     if config_env:
         if config_env not in os.environ:
             raise SystemExit(f"llmft: --config-env {config_env}: the environment variable is not set")
-        settings = _merge(settings, _read_settings(os.environ[config_env], f"${config_env}"))
-        sources.append(f"${config_env}")
+        env_settings = _read_settings(os.environ[config_env], f"${config_env}")
     try:
-        return model.model_validate(_merge(settings, _nest(flags)))
+        return model.model_validate(_merge(_merge(file_settings, env_settings), _nest(flags)))
     except ValidationError as error:
-        source = f" (from {' and '.join(sources)} and flags)" if sources else ""
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise SystemExit(f"llmft: invalid settings{source}: {problems}") from error
+        sources = _SettingSources(
+            flags, typed_flags or {}, config_file, file_settings, config_env, env_settings
+        )
+        problems = "; ".join(f"{sources.name(e['loc'], e['type'])}: {e['msg']}" for e in error.errors())
+        raise SystemExit(f"llmft: invalid settings: {problems}") from None
 
 
-def _run_step_command(name: str, args: argparse.Namespace) -> int:
+class _SettingSources:
+    """Names a config field the way the user gave it: flag, --config key or environment key."""
+
+    def __init__(
+        self,
+        flags: dict[str, Any],
+        typed_flags: dict[str, str],
+        config_file: str | None,
+        file_settings: dict[str, Any],
+        config_env: str | None,
+        env_settings: dict[str, Any],
+    ) -> None:
+        self.flags, self.typed_flags = flags, typed_flags
+        self.config_file, self.file_settings = config_file, file_settings
+        self.config_env, self.env_settings = config_env, env_settings
+
+    def name(self, loc: tuple[Any, ...], error_type: str) -> str:
+        path = [str(part) for part in loc]
+        # The flag (or key) covering the longest part of the location: "inputs" for inputs.1.
+        for end in range(len(path), 0, -1):
+            dotted = ".".join(path[:end])
+            item = f" (item {int(path[end]) + 1})" if end < len(path) and path[end].isdigit() else ""
+            if dotted in self.flags:
+                return self.typed_flags.get(dotted, _flag(dotted)) + item
+            if self.config_env and _lookup(self.env_settings, path[:end]):
+                return f"{dotted}{item} in ${self.config_env}"
+            if self.config_file and _lookup(self.file_settings, path[:end]):
+                return f"{dotted}{item} in --config {self.config_file}"
+        dotted = ".".join(path)
+        if error_type == "missing":
+            return f"{_flag(dotted)} (or {dotted} in a --config file)"
+        return dotted
+
+
+def _lookup(settings: dict[str, Any], path: list[str]) -> bool:
+    """True when the nested mapping `settings` holds a key at `path`."""
+    target: Any = settings
+    for part in path:
+        if not isinstance(target, dict) or part not in target:
+            return False
+        target = target[part]
+    return True
+
+
+def typed_spellings(argv: list[str], spellings: dict[str, list[str]]) -> dict[str, str]:
+    """For each field given as a flag, the spelling the user typed (argparse keeps only the field).
+
+    `spellings` maps fields to their option strings; an unambiguous prefix (argparse accepts
+    `--learning` for `--learning-rate`) counts as typed.
+    """
+    typed: dict[str, str] = {}
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        exact = [dest for dest, options in spellings.items() if name in options]
+        prefixed = [dest for dest, options in spellings.items() if any(o.startswith(name) for o in options)]
+        matches = exact or (prefixed if len(prefixed) == 1 else [])
+        for dest in matches:
+            typed[dest] = name
+    return typed
+
+
+def _run_step_command(name: str, args: argparse.Namespace, argv: list[str]) -> int:
     from components import tracking
 
     config_type, function = _load_step(name)
@@ -195,10 +276,18 @@ def _run_step_command(name: str, args: argparse.Namespace) -> int:
         from pipelines import train_launcher
 
         not_settings |= train_launcher.LAUNCHER_OPTIONS
+    not_settings.add(_FLAG_SPELLINGS)
     flags = {key: value for key, value in vars(args).items() if key not in not_settings}
-    config = load_step_config(config_type, args.config, flags, args.config_env)
-    if name == "train" and args.launcher == "pytorchjob":
-        return train_launcher.launcher_command(args, config)
+    typed = typed_spellings(argv, getattr(args, _FLAG_SPELLINGS))
+    config = load_step_config(config_type, args.config, flags, args.config_env, typed)
+    if name == "train":
+        # A dry run never trains, whatever the launcher: it prints the plan and stops.
+        if args.dry_run:
+            return train_launcher.dry_run_command(args, config)
+        if args.launcher == "pytorchjob":
+            return train_launcher.launcher_command(args, config)
+        if args.launcher == "torchrun":
+            function = train_launcher.torchrun_function(args)
     # Under torchrun every rank runs this command; only rank 0 opens an MLflow run and reports.
     is_rank_zero = os.environ.get("RANK", "0") == "0"
     uri = tracking.resolve_tracking_uri(args.mlflow_tracking_uri) if is_rank_zero else None
@@ -226,19 +315,30 @@ def _add_step_parser(commands: Any, name: str) -> None:
         default=None,
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else off)",
     )
-    step_parser.add_argument("--mlflow-experiment", default="llmft", help="MLflow experiment name")
+    step_parser.add_argument(
+        "--mlflow-experiment",
+        default=DEFAULT_EXPERIMENT,
+        help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})",
+    )
     step_parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     if name == "train":
         from pipelines import train_launcher
 
         train_launcher.add_arguments(step_parser.add_argument_group("launcher (multi-node training)"))
     _add_config_fields(step_parser, config_type)
+    spellings = {
+        action.dest: list(action.option_strings)
+        for action in step_parser._actions
+        if action.option_strings and action.dest != "help"
+    }
+    step_parser.set_defaults(**{_FLAG_SPELLINGS: spellings})
 
 
 def build_parser(step: str | None = None) -> argparse.ArgumentParser:
     """The whole CLI, or only one step's subcommand (which then needs neither kfp nor the other steps)."""
     parser = argparse.ArgumentParser(prog="llmft", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     if step:
         _add_step_parser(commands, step)
@@ -282,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command in STEP_COMMANDS:
-            return _run_step_command(args.command, args)
+            return _run_step_command(args.command, args, argv)
         return int(args.handler(args))
     except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as error:
         # Our errors carry the file, field or value at fault; a traceback adds nothing for users.

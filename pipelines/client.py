@@ -37,11 +37,15 @@ import urllib3
 import yaml
 from kfp.client import Client, ServiceAccountTokenVolumeCredentials
 
+from components.defaults import DEFAULT_EXPERIMENT
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PACKAGE = "dist/llm_finetune.yaml"
-DEFAULT_NAMESPACE = "kubeflow"
-DEFAULT_EXPERIMENT = "llmft"
+# The KFP *profile* namespace the client talks to, not where llmft's workloads go (the pipeline's
+# `namespace` parameter, components.defaults.DEFAULT_NAMESPACE): kfp.Client reads "kubeflow" as
+# single-user Kubeflow, the one value that works on every install; multi-user users name their profile.
+KFP_SINGLE_USER_NAMESPACE = "kubeflow"
 # The KFP API service inside the cluster; KFP itself is installed in `kubeflow` whatever the
 # user's profile namespace is, so this does not follow --namespace (kfp.Client's own
 # in-cluster default does, which breaks multi-user profiles).
@@ -211,6 +215,21 @@ def _yaml_scalar(text: str) -> Any:
         return text
 
 
+# KFP's parameter types as a person reads them.
+TYPE_NAMES = {
+    "STRING": "a string",
+    "NUMBER_INTEGER": "an integer",
+    "NUMBER_DOUBLE": "a number",
+    "BOOLEAN": "true or false",
+    "LIST": "a list",
+    "STRUCT": "a mapping",
+}
+
+
+def _describe(param: ParameterSpec) -> str:
+    return f"{param.name} ({TYPE_NAMES.get(param.type, param.type)}{'' if param.optional else ', required'})"
+
+
 def coerce_value(param: ParameterSpec, value: Any) -> Any:
     """`value` as the JSON type KFP expects for `param`; strings (from --param) are parsed.
 
@@ -219,7 +238,8 @@ def coerce_value(param: ParameterSpec, value: Any) -> Any:
 
     def bad(why: str = "") -> ClientInputError:
         shown = f"{value!r} ({type(value).__name__})"
-        return ClientInputError(f"parameter {param.name!r} is {param.type} but got {shown}{why}")
+        expected = TYPE_NAMES.get(param.type, param.type)
+        return ClientInputError(f"parameter {param.name!r} takes {expected}, not {shown}{why}")
 
     kind = param.type
     if kind == "STRING":
@@ -269,7 +289,7 @@ def check_parameters(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict
     so a typo fails here instead of as a run that ignores it.
     """
     declared = declared_parameters(spec)
-    valid = ", ".join(f"{p.name} ({p.type}{'' if p.optional else ', required'})" for p in declared.values())
+    valid = ", ".join(_describe(p) for p in sorted(declared.values(), key=lambda p: p.name))
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ClientInputError(
@@ -342,7 +362,7 @@ def connect(host: str | None, namespace: str | None, token: str | None, in_clust
     defaults the host to the in-cluster API service.
     """
     host = host or os.environ.get("KFP_HOST") or None
-    namespace = namespace or os.environ.get("KFP_NAMESPACE") or DEFAULT_NAMESPACE
+    namespace = namespace or os.environ.get("KFP_NAMESPACE") or KFP_SINGLE_USER_NAMESPACE
     if token and in_cluster:
         raise ClientInputError("pass either a token or --in-cluster, not both")
     credentials = None

@@ -12,6 +12,8 @@
   Kyverno policy in deploy/ turns the labels into the EFA limit and spec.priorityClassName;
 - the libfabric environment for EFA, and image pull secrets.
 
+`expose_run_id(task)` gives the task's step the run id through the environment (see below).
+
 The service account is not set here: KFP 2.17 (kfp-kubernetes included) has no per-task service
 account, only the run's (`kfp.Client.create_run_from_pipeline_package(..., service_account=...)`).
 `run_service_account(profiles)` gives the value the submit client passes.
@@ -27,14 +29,18 @@ from kfp.dsl import PipelineTask
 
 from components.resources import (
     GPU_RESOURCE,
+    PROFILES,
     SHM_MOUNT_PATH,
     SHM_VOLUME_NAME,
-    STEPS,
     PipelineProfiles,
     ResourceProfile,
 )
+from components.step_io import PIPELINE_RUN_ENV
 
 logger = logging.getLogger(__name__)
+
+# The KFP API server labels every pod of a run with the run's id.
+RUN_ID_FIELD_PATH = "metadata.labels['pipeline/runid']"
 
 TaskT = TypeVar("TaskT", bound=PipelineTask)
 
@@ -76,6 +82,10 @@ def apply_profile(task: TaskT, profile: ResourceProfile) -> TaskT:
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
     for name, value in profile.environment().items():
         task.set_env_variable(name, value)
+    for item in profile.secret_env:
+        kubernetes.use_secret_as_env(
+            task, secret_name=item.secret, secret_key_to_env={item.key: item.name}, optional=item.optional
+        )
     if profile.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(profile.image_pull_secrets))
 
@@ -85,8 +95,18 @@ def apply_profile(task: TaskT, profile: ResourceProfile) -> TaskT:
     return task
 
 
+def expose_run_id(task: TaskT) -> TaskT:
+    """Give the task's step the KFP run id in $LLMFT_PIPELINE_RUN, from its pod's label (downward API).
+
+    Not a task input: KFP's cache key covers the inputs, so a run id there would make every run a
+    cache miss. The platform spec's environment is not part of the key.
+    """
+    kubernetes.use_field_path_as_env(task, env_name=PIPELINE_RUN_ENV, field_path=RUN_ID_FIELD_PATH)
+    return task
+
+
 def apply_step_profile(task: TaskT, profiles: PipelineProfiles, step: str) -> TaskT:
-    """`apply_profile` with the profile of `step` (one of `components.resources.STEPS`)."""
+    """`apply_profile` with the profile of `step` (one of `components.resources.PROFILES`)."""
     return apply_profile(task, profiles.for_step(step))
 
 
@@ -96,7 +116,7 @@ def run_service_account(profiles: PipelineProfiles) -> str | None:
     KFP runs every task pod of a run under one service account, so the steps must agree; a profile
     without one defers to the others. Pods that steps launch themselves use their own profile's value.
     """
-    accounts = {step: profiles.for_step(step).service_account for step in STEPS}
+    accounts = {step: profiles.for_step(step).service_account for step in PROFILES}
     distinct = sorted({account for account in accounts.values() if account})
     if len(distinct) > 1:
         per_step = ", ".join(f"{step}={account}" for step, account in accounts.items() if account)

@@ -7,25 +7,53 @@ function runs on a laptop under kfp.local (pipelines/local.py) and on a cluster.
 """
 
 import json
+from typing import Any
 
 from kfp import dsl
+from pydantic import BaseModel
 
+from components.build.build import BuildConfig
 from components.build.component import build_op
 from components.curate.component import curate_op
+from components.curate.curate import CurateConfig
+from components.defaults import DEFAULT_EXPERIMENT, DEFAULT_NAMESPACE
 from components.evaluate.component import evaluate_op
+from components.evaluate.evaluate import EvaluateConfig
 from components.export.component import export_op
+from components.export.export import ExportConfig
 from components.finalize.component import finalize_op
 from components.images import Images, load_images
 from components.resources import PipelineProfiles, load_profiles
 from components.rollout.component import rollout_op
-from components.rollout.rollout import DEFAULT_SMOKE_PROMPT
+from components.rollout.rollout import RolloutConfig
 from components.train.component import train_op
-from components.train.train import LLAMA_LORA_TARGETS
-from pipelines.cluster import apply_profile
+from components.train.train import TrainConfig
+from pipelines.cluster import apply_profile, expose_run_id
 
 PIPELINE_NAME = "llm-finetune"
 TTL_SECONDS = 7 * 24 * 3600  # finished runs' pods and workflow objects go after a week
 NETWORK_RETRIES = 3
+
+
+def config_default(config_type: type[BaseModel], field: str) -> Any:
+    """The default of a step config's field ("lora.r" for nested ones): each setting's one default.
+
+    The pipeline's parameters take their defaults from here, so the pipeline, the CLI (whose flags
+    are the config fields) and a notebook calling the step function agree.
+    """
+    name, _, rest = field.partition(".")
+    info = config_type.model_fields[name]
+    if rest:
+        nested = info.annotation
+        assert isinstance(nested, type) and issubclass(nested, BaseModel), f"{field}: not a nested config"
+        return config_default(nested, rest)
+    return info.get_default(call_default_factory=True)
+
+
+def _text_default(config_type: type[BaseModel], field: str) -> str:
+    """A default of None as "", the pipeline's spelling of "unset" for a string parameter."""
+    value = config_default(config_type, field)
+    return "" if value is None else value
 
 
 def build_pipeline(
@@ -41,15 +69,18 @@ def build_pipeline(
     profiles = profiles or load_profiles(None)
     images = images or load_images()
 
-    def configure(task: dsl.PipelineTask, step: str, display_name: str, cache: bool, retries: int):
+    def configure(
+        task: dsl.PipelineTask, profile: str, display_name: str, cache: bool, retries: int, image_step: str
+    ):
         task.set_display_name(display_name)
         task.set_caching_options(cache)
-        task.set_container_image(images.for_step(step))
+        task.set_container_image(images.for_step(image_step))
         if retries:
             task.set_retry(
                 num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s"
             )
-        return apply_profile(task, getattr(profiles, step))
+        expose_run_id(task)
+        return apply_profile(task, profiles.for_step(profile))
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -58,56 +89,60 @@ def build_pipeline(
         pipeline_config=dsl.PipelineConfig(ttl_seconds_after_finished=TTL_SECONDS),
     )
     def llm_finetune(
-        base_model_uri: str = "",
-        train_data_uri: str = "",
+        base_model_uri: str,
+        train_data_uri: str,
+        storage_root: str,
         eval_data_uri: str = "",
-        storage_root: str = "",
-        val_fraction: float = 0.1,
-        lora_r: int = 16,
-        lora_alpha: int = 32,
-        lora_dropout: float = 0.05,
-        lora_target_modules: str = ",".join(LLAMA_LORA_TARGETS),
-        train_backend: str = "hf",
-        epochs: float = 3.0,
-        max_steps: int = 0,
-        learning_rate: float = 2e-4,
-        micro_batch_size: int = 4,
-        global_batch_size: int = 64,
-        max_length: int = 2048,
-        precision: str = "auto",
-        save_every_steps: int = 200,
+        val_fraction: float = config_default(CurateConfig, "val_fraction"),
+        decontamination_ngram: int = config_default(CurateConfig, "decontamination_ngram"),
+        lora_r: int = config_default(TrainConfig, "lora.r"),
+        lora_alpha: int = config_default(TrainConfig, "lora.alpha"),
+        lora_dropout: float = config_default(TrainConfig, "lora.dropout"),
+        lora_target_modules: str = ",".join(config_default(TrainConfig, "lora.target_modules")),
+        train_backend: str = config_default(TrainConfig, "backend"),
+        epochs: float = config_default(TrainConfig, "epochs"),
+        max_steps: int = config_default(TrainConfig, "max_steps"),
+        learning_rate: float = config_default(TrainConfig, "learning_rate"),
+        micro_batch_size: int = config_default(TrainConfig, "micro_batch_size"),
+        global_batch_size: int = config_default(TrainConfig, "global_batch_size"),
+        max_length: int = config_default(TrainConfig, "max_length"),
+        precision: str = config_default(TrainConfig, "precision"),
+        save_every_steps: int = config_default(TrainConfig, "save_every_steps"),
         num_nodes: int = 1,
-        gpus_per_node: int = 1,
-        sharding: str = "auto",
+        gpus_per_node: int = 0,
+        sharding: str = config_default(TrainConfig, "sharding"),
         train_env_from_secrets: str = "",
         train_job_cleanup: str = "keep",
-        max_eval_records: int = 256,
-        max_new_tokens: int = 64,
-        gate_min_exact_match_gain: float = 0.0,
+        max_eval_records: int = config_default(EvaluateConfig, "max_eval_records"),
+        max_new_tokens: int = config_default(BuildConfig, "max_new_tokens"),
+        gate_min_exact_match_gain: float = config_default(EvaluateConfig, "gate.min_exact_match_gain"),
         gate_max_val_loss: float = 0.0,
-        gate_max_regression: float = 0.0,
-        registered_model_name: str = "llmft-model",
-        serving_mode: str = "hf",
-        quantization: str = "none",
-        serving_max_batch_size: int = 8,
-        tensor_parallel_size: int = 1,
-        pipeline_parallel_size: int = 1,
-        max_input_len: int = 1024,
-        max_seq_len: int = 2048,
-        max_num_tokens: int = 8192,
-        fp8_kv_cache: bool = False,
-        calib_dataset: str = "cnn_dailymail",
-        kv_cache_free_gpu_mem_fraction: float = 0.9,
-        streaming: bool = False,
-        triton_image: str = "",
-        served_model_name: str = "llm",
+        gate_max_regression: float = config_default(EvaluateConfig, "gate.max_regression"),
+        registered_model_name: str = config_default(ExportConfig, "registered_model_name"),
+        serving_mode: str = config_default(BuildConfig, "serving_mode"),
+        quantization: str = config_default(BuildConfig, "quantization"),
+        serving_max_batch_size: int = config_default(BuildConfig, "max_batch_size"),
+        tensor_parallel_size: int = config_default(BuildConfig, "trtllm.tensor_parallel_size"),
+        pipeline_parallel_size: int = config_default(BuildConfig, "trtllm.pipeline_parallel_size"),
+        max_input_len: int = config_default(BuildConfig, "trtllm.max_input_len"),
+        max_seq_len: int = config_default(BuildConfig, "trtllm.max_seq_len"),
+        max_num_tokens: int = config_default(BuildConfig, "trtllm.max_num_tokens"),
+        fp8_kv_cache: bool = config_default(BuildConfig, "trtllm.fp8_kv_cache"),
+        calib_dataset: str = config_default(BuildConfig, "trtllm.calib_dataset"),
+        kv_cache_free_gpu_mem_fraction: float = config_default(
+            BuildConfig, "triton.kv_cache_free_gpu_mem_fraction"
+        ),
+        streaming: bool = config_default(BuildConfig, "triton.decoupled"),
+        triton_image: str = config_default(BuildConfig, "triton_image"),
+        served_model_name: str = config_default(BuildConfig, "model_name"),
+        # The compiled pipeline runs on a cluster; `llmft rollout`'s own default (local) is for a workstation.
         rollout_target: str = "kubernetes",
-        triton_replicas: int = 1,
-        smoke_prompt: str = DEFAULT_SMOKE_PROMPT,
-        smoke_expect: str = "",
-        namespace: str = "llmft",
+        triton_replicas: int = config_default(RolloutConfig, "kubernetes.replicas"),
+        smoke_prompt: str = config_default(RolloutConfig, "smoke_prompt"),
+        smoke_expect: str = _text_default(RolloutConfig, "smoke_expect"),
+        namespace: str = DEFAULT_NAMESPACE,
         mlflow_tracking_uri: str = "",
-        mlflow_experiment: str = "llmft",
+        mlflow_experiment: str = DEFAULT_EXPERIMENT,
     ):
         """Fine-tune an LLM with LoRA and serve it on Triton.
 
@@ -117,11 +152,16 @@ def build_pipeline(
                 hf://org/name[@revision] (token from HF_TOKEN in the pod's environment). Required.
             train_data_uri: Raw instruction data: one or more JSONL/JSONL.gz files (s3:// or paths),
                 comma-separated. Formats: {"input","output"}, {"prompt","completion"} or chat {"messages"}.
+                Required.
+            storage_root: Where every step writes its outputs (s3://bucket/prefix): <step>/<digest of the
+                step's settings and inputs>/, so a run with equal inputs reuses them; each run's summaries
+                and outcome go under runs/<run id>/. Required.
             eval_data_uri: Optional held-out evaluation set (same formats). Empty: a hash-based split of the
                 training data is held out instead.
-            storage_root: Where every step writes its outputs (s3://bucket/prefix). Each run writes under
-                runs/<run id>/. Required.
             val_fraction: Fraction of records held out for validation when no evaluation set is given.
+            decontamination_ngram: Words per run in curate's decontamination: a training record sharing
+                such a run with a val or eval record is rejected, unless the run is boilerplate (held by
+                many training records). 0 turns the check off.
             lora_r: LoRA rank (size of the low-rank update). 8-64 is typical.
             lora_alpha: LoRA alpha; the update is scaled by alpha / r.
             lora_dropout: Dropout applied to the LoRA input during training.
@@ -138,9 +178,10 @@ def build_pipeline(
             save_every_steps: Checkpoint every N optimizer steps; a retried or interrupted train step
                 resumes from the newest complete checkpoint (0: only at the end).
             num_nodes: Training nodes. Above 1, training runs as a Kubeflow PyTorchJob (Training Operator v1)
-                across that many nodes, launched and watched by the train task; outputs must be on s3://.
-            gpus_per_node: GPUs per training node (torchrun data parallel on each node). Keep it equal to
-                the GPUs of the train step's cluster profile.
+                across that many nodes, launched and watched by a train task without GPUs (the job's pods
+                hold them); outputs must be on s3://.
+            gpus_per_node: GPUs per training node (torchrun data parallel on each node); 0 = every GPU of
+                the train step's cluster profile.
             sharding: How several GPUs share the model: ddp (a full copy each), fsdp (weights sharded,
                 for models that do not fit one GPU) or auto (fsdp when the weights take half a GPU's memory).
             train_env_from_secrets: Comma-separated Kubernetes Secrets whose keys become environment
@@ -189,7 +230,6 @@ def build_pipeline(
                 MLFLOW_TRACKING_URI of the pod, else tracking is off. "disabled" turns it off.
             mlflow_experiment: MLflow experiment that groups the runs of this pipeline.
         """
-        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         # The image and cluster profile of a multi-node job's pods: compile-time settings.
         train_placement = json.dumps(
             {"image": images.for_step("train"), "profile": profiles.train.model_dump(mode="json")},
@@ -207,10 +247,11 @@ def build_pipeline(
             },
             sort_keys=True,
         )
+        # No run id here: a task input that changes every run makes every run a cache miss. Steps read
+        # the run id from their pod (configure -> expose_run_id).
         tracking = {
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_experiment": mlflow_experiment,
-            "pipeline_run": run,
             "storage_root": storage_root,
         }
 
@@ -220,6 +261,7 @@ def build_pipeline(
             "Record outcome",
             cache=False,
             retries=0,
+            image_step="finalize",
         )
         with dsl.ExitHandler(exit_task, name="Fine-tune and serve"):
             curate = configure(
@@ -227,48 +269,68 @@ def build_pipeline(
                     train_data_uri=train_data_uri,
                     eval_data_uri=eval_data_uri,
                     val_fraction=val_fraction,
+                    decontamination_ngram=decontamination_ngram,
                     **tracking,
                 ),
                 "curate",
                 "Curate data",
                 cache=True,
                 retries=network_retries,
+                image_step="curate",
             )
-            train = configure(
-                train_op(
-                    base_model_uri=base_model_uri,
-                    dataset=curate.outputs["dataset"],
-                    backend=train_backend,
-                    lora_r=lora_r,
-                    lora_alpha=lora_alpha,
-                    lora_dropout=lora_dropout,
-                    lora_target_modules=lora_target_modules,
-                    epochs=epochs,
-                    max_steps=max_steps,
-                    learning_rate=learning_rate,
-                    micro_batch_size=micro_batch_size,
-                    global_batch_size=global_batch_size,
-                    max_length=max_length,
-                    precision=precision,
-                    save_every_steps=save_every_steps,
-                    num_nodes=num_nodes,
-                    gpus_per_node=gpus_per_node,
-                    sharding=sharding,
-                    namespace=namespace,
-                    env_from_secrets=train_env_from_secrets,
-                    job_cleanup=train_job_cleanup,
-                    placement_json=train_placement,
-                    **tracking,
-                ),
-                "train",
-                "LoRA fine-tune",
-                cache=True,
-                retries=network_retries,
+            train_inputs = dict(
+                base_model_uri=base_model_uri,
+                dataset=curate.outputs["dataset"],
+                backend=train_backend,
+                lora_r=lora_r,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                lora_target_modules=lora_target_modules,
+                epochs=epochs,
+                max_steps=max_steps,
+                learning_rate=learning_rate,
+                micro_batch_size=micro_batch_size,
+                global_batch_size=global_batch_size,
+                max_length=max_length,
+                precision=precision,
+                save_every_steps=save_every_steps,
+                num_nodes=num_nodes,
+                gpus_per_node=gpus_per_node,
+                sharding=sharding,
+                namespace=namespace,
+                env_from_secrets=train_env_from_secrets,
+                job_cleanup=train_job_cleanup,
+                placement_json=train_placement,
+                **tracking,
             )
+
+            def train_task(profile: str, display_name: str) -> dsl.PipelineTask:
+                return configure(
+                    train_op(**train_inputs),
+                    profile,
+                    display_name,
+                    cache=True,
+                    retries=network_retries,
+                    image_step="train",
+                )
+
+            if profiles.train.gpus > 0:
+                # KFP fixes a task's resources at compile time: the multi-node launcher, which only
+                # watches the PyTorchJob, must not hold a GPU node the job's pods are waiting for.
+                with dsl.If(num_nodes > 1, name="Several nodes"):
+                    launcher = train_task("train_launcher", "LoRA fine-tune (PyTorchJob)")
+                with dsl.Else(name="One node"):
+                    in_pod = train_task("train", "LoRA fine-tune")
+                adapter = dsl.OneOf(launcher.outputs["adapter"], in_pod.outputs["adapter"])
+            else:
+                # No GPU to leave idle (the cpu preset, `llmft local`): one task, which kfp.local can run
+                # (it does not run artifact OneOf).
+                adapter = train_task("train", "LoRA fine-tune").outputs["adapter"]
+
             evaluate = configure(
                 evaluate_op(
                     base_model_uri=base_model_uri,
-                    adapter=train.outputs["adapter"],
+                    adapter=adapter,
                     dataset=curate.outputs["dataset"],
                     max_eval_records=max_eval_records,
                     max_new_tokens=max_new_tokens,
@@ -282,12 +344,13 @@ def build_pipeline(
                 "Evaluate base vs tuned",
                 cache=True,
                 retries=network_retries,
+                image_step="evaluate",
             )
             with dsl.If(evaluate.outputs["Output"] == "passed", name="Gate passed"):
                 export = configure(
                     export_op(
                         base_model_uri=base_model_uri,
-                        adapter=train.outputs["adapter"],
+                        adapter=adapter,
                         dataset=curate.outputs["dataset"],
                         registered_model_name=registered_model_name,
                         **tracking,
@@ -296,35 +359,50 @@ def build_pipeline(
                     "Export HF checkpoint",
                     cache=True,
                     retries=network_retries,
+                    image_step="export",
                 )
-                build = configure(
-                    build_op(
-                        merged_model=export.outputs["merged_model"],
-                        serving_mode=serving_mode,
-                        quantization=quantization,
-                        model_name=served_model_name,
-                        max_new_tokens=max_new_tokens,
-                        max_batch_size=serving_max_batch_size,
-                        tensor_parallel_size=tensor_parallel_size,
-                        pipeline_parallel_size=pipeline_parallel_size,
-                        max_input_len=max_input_len,
-                        max_seq_len=max_seq_len,
-                        max_num_tokens=max_num_tokens,
-                        fp8_kv_cache=fp8_kv_cache,
-                        calib_dataset=calib_dataset,
-                        kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
-                        decoupled=streaming,
-                        triton_image=triton_image,
-                        **tracking,
-                    ),
-                    "build",
-                    "Build model repository",
-                    cache=True,
-                    retries=network_retries,
+                build_inputs = dict(
+                    merged_model=export.outputs["merged_model"],
+                    serving_mode=serving_mode,
+                    quantization=quantization,
+                    model_name=served_model_name,
+                    max_new_tokens=max_new_tokens,
+                    max_batch_size=serving_max_batch_size,
+                    tensor_parallel_size=tensor_parallel_size,
+                    pipeline_parallel_size=pipeline_parallel_size,
+                    max_input_len=max_input_len,
+                    max_seq_len=max_seq_len,
+                    max_num_tokens=max_num_tokens,
+                    fp8_kv_cache=fp8_kv_cache,
+                    calib_dataset=calib_dataset,
+                    kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
+                    decoupled=streaming,
+                    triton_image=triton_image,
+                    **tracking,
                 )
+
+                def build_task(profile: str, display_name: str) -> dsl.PipelineTask:
+                    return configure(
+                        build_op(**build_inputs),
+                        profile,
+                        display_name,
+                        cache=True,
+                        retries=network_retries,
+                        image_step="build",
+                    )
+
+                if profiles.build.gpus > 0:
+                    # Only the engine build runs on a GPU; the other modes write configuration files.
+                    with dsl.If(serving_mode == "trtllm-engine", name="Engine build"):
+                        engine = build_task("build", "Build TensorRT-LLM engine")
+                    with dsl.Else(name="No engine"):
+                        files = build_task("build_repository", "Build model repository")
+                    repository = dsl.OneOf(engine.outputs["repository"], files.outputs["repository"])
+                else:
+                    repository = build_task("build", "Build model repository").outputs["repository"]
                 configure(
                     rollout_op(
-                        repository=build.outputs["repository"],
+                        repository=repository,
                         merged_model=export.outputs["merged_model"],
                         target=rollout_target,
                         triton_replicas=triton_replicas,
@@ -339,6 +417,7 @@ def build_pipeline(
                     "Roll out on Triton",
                     cache=False,
                     retries=network_retries,
+                    image_step="rollout",
                 )
 
     return llm_finetune

@@ -13,18 +13,23 @@ import contextlib
 import io
 import json
 import logging
+import os
+import secrets
 import sys
 import textwrap
 import time
 import typing
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from components import storage
 from components.sample.dataset import SAMPLE_PATH
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
+from components.step_io import PIPELINE_RUN_ENV
+from pipelines.client import EXIT_USAGE, ClientInputError, check_parameters, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ LOCAL_PARAMETERS: dict[str, Any] = {
 }
 
 
+BASE_MODEL_DIR = "base-model"  # the tiny base model, under the run directory
 PIPELINE_STEPS = ("curate", "train", "evaluate", "export", "build", "rollout")
 
 
@@ -102,7 +108,7 @@ class LocalRun:
 
 def ensure_base_model(workdir: Path) -> str:
     """Build the tiny base model once per work directory (reused while its manifest is intact)."""
-    model_dir = workdir / "base-model"
+    model_dir = workdir / BASE_MODEL_DIR
     try:
         storage.require_complete(str(model_dir))
         log.info("reusing tiny base model in %s", model_dir)
@@ -112,11 +118,40 @@ def ensure_base_model(workdir: Path) -> str:
     return str(model_dir)
 
 
-def _newest_run(storage_root: Path, before: set[str]) -> str:
-    runs = [path for path in (storage_root / "runs").glob("*") if path.name not in before]
-    if not runs:
-        raise RuntimeError(f"the pipeline wrote no run directory under {storage_root / 'runs'}")
-    return max(runs, key=lambda path: path.stat().st_mtime).name
+def new_run_id() -> str:
+    """A run id for a local run: sortable by start time, unique, and valid as a Kubernetes label value."""
+    return f"local-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+# Where each output lies, from the summary a step left: (name, step, result field, file inside).
+_OUTPUTS: tuple[tuple[str, str, str, str], ...] = (
+    ("adapter", "train", "adapter", ""),
+    ("evaluation report", "evaluate", "output", "report.html"),
+    ("merged checkpoint", "export", "checkpoint", ""),
+    ("Triton model repository", "build", "repository", ""),
+)
+
+
+def local_parameters(
+    spec: dict[str, Any],
+    workdir: Path,
+    data: list[str] | None,
+    eval_data: str,
+    overrides: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The local run's pipeline parameters, checked and typed as `submit` does (client.py), before
+    anything is built: `--param learning_rate=1e-4` becomes a float, a typo fails here."""
+    return check_parameters(
+        spec,
+        {
+            **LOCAL_PARAMETERS,
+            "base_model_uri": str(workdir / BASE_MODEL_DIR),
+            "train_data_uri": ",".join(str(Path(path).resolve()) for path in (data or [str(SAMPLE_PATH)])),
+            "eval_data_uri": str(Path(eval_data).resolve()) if eval_data else "",
+            "storage_root": str(workdir / "storage"),
+            **(overrides or {}),
+        },
+    )
 
 
 def run_local(
@@ -125,7 +160,11 @@ def run_local(
     eval_data: str = "",
     overrides: dict[str, Any] | None = None,
 ) -> LocalRun:
-    """Run the whole pipeline locally and return where everything landed."""
+    """Run the whole pipeline locally and return where everything landed.
+
+    `overrides` are pipeline parameters: text (from `--param`) is converted to the declared
+    type; unknown names and values that do not fit raise ClientInputError.
+    """
     from kfp import local
 
     from components.resources import load_profiles
@@ -134,9 +173,10 @@ def run_local(
     started = time.perf_counter()
     workdir = Path(workdir).resolve()
     storage_root = workdir / "storage"
+    pipeline = build_pipeline(load_profiles(None, preset="cpu"), network_retries=0)
+    parameters = local_parameters(pipeline_spec(pipeline), workdir, data, eval_data, overrides)
     storage_root.mkdir(parents=True, exist_ok=True)
-    base_model = ensure_base_model(workdir)
-    known_runs = {path.name for path in (storage_root / "runs").glob("*")}
+    ensure_base_model(workdir)
 
     # kfp.local warns that cluster settings (resources, display names) and our image names
     # do not apply to subprocess runs: expected here, where the same code runs unpackaged.
@@ -147,23 +187,23 @@ def run_local(
         pipeline_root=str(workdir / "kfp"),
         raise_on_error=False,
     )
-    pipeline = build_pipeline(load_profiles(None, preset="cpu"), network_retries=0)
-    parameters = {
-        **LOCAL_PARAMETERS,
-        "base_model_uri": base_model,
-        "train_data_uri": ",".join(str(Path(path).resolve()) for path in (data or [str(SAMPLE_PATH)])),
-        "eval_data_uri": str(Path(eval_data).resolve()) if eval_data else "",
-        "storage_root": str(storage_root),
-        **(overrides or {}),
-    }
     log_path = workdir / "local-run.log"
-    with (
-        open(log_path, "a", encoding="utf-8") as log_file,
-        contextlib.redirect_stdout(KfpLogFilter(sys.stdout, log_file)),
-    ):
-        pipeline(**parameters)
+    run_id = new_run_id()
+    # The steps' subprocesses inherit this; on a cluster the pod's run-id label sets it.
+    previous_run = os.environ.get(PIPELINE_RUN_ENV)
+    os.environ[PIPELINE_RUN_ENV] = run_id
+    try:
+        with (
+            open(log_path, "a", encoding="utf-8") as log_file,
+            contextlib.redirect_stdout(KfpLogFilter(sys.stdout, log_file)),
+        ):
+            pipeline(**parameters)
+    finally:
+        if previous_run is None:
+            os.environ.pop(PIPELINE_RUN_ENV, None)
+        else:
+            os.environ[PIPELINE_RUN_ENV] = previous_run
 
-    run_id = _newest_run(storage_root, known_runs)
     run_dir = storage_root / "runs" / run_id
     outcome = (
         json.loads((run_dir / "outcome.json").read_text()) if (run_dir / "outcome.json").exists() else {}
@@ -174,13 +214,11 @@ def run_local(
         if (path := run_dir / "summaries" / f"{step}.json").exists()
     }
     outputs = {
-        "adapter": run_dir / "train" / "adapter",
-        "evaluation report": run_dir / "evaluate" / "report.html",
-        "merged checkpoint": run_dir / "export",
-        "Triton model repository": run_dir / "build",
-        "MLflow store": storage_root / "mlflow.db",
-        "full log": log_path,
+        name: Path(summaries[step]["result"][field]) / inside
+        for name, step, field, inside in _OUTPUTS
+        if step in summaries
     }
+    outputs.update({"MLflow store": storage_root / "mlflow.db", "full log": log_path})
     return LocalRun(
         workdir=workdir,
         pipeline_run=run_id,
@@ -206,24 +244,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a pipeline parameter, e.g. --param epochs=2 (repeatable)",
+        help="override a pipeline parameter, e.g. --param learning_rate=1e-4 (repeatable); "
+        "typed by the pipeline's declaration",
     )
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    import yaml
+def pipeline_spec(pipeline: Any) -> dict[str, Any]:
+    """The PipelineSpec of a pipeline function, as the compiled YAML holds it."""
+    from google.protobuf import json_format
 
-    overrides = {}
-    for pair in pairs:
-        name, separator, value = pair.partition("=")
-        if not separator:
-            raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
-        overrides[name.strip()] = yaml.safe_load(value)
-    return overrides
+    return json_format.MessageToDict(pipeline.pipeline_spec)
 
 
 def local_command(args: argparse.Namespace) -> int:
-    run = run_local(args.workdir, args.data, args.eval_data, parse_overrides(args.param))
+    try:
+        run = run_local(args.workdir, args.data, args.eval_data, parse_overrides(args.param))
+    except ClientInputError as error:
+        print(f"llmft local: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     print("\n" + "=" * 72)
     print(
         f"llmft local run {run.pipeline_run}: {run.outcome.get('state', 'UNKNOWN')} in {run.seconds:.0f} s\n"

@@ -27,16 +27,14 @@ def build_op(
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
     repository: Output[Artifact],
 ):
     """Write the Triton model repository for the chosen serving mode (TensorRT-LLM engine included)."""
     from components.build.build import BuildConfig, build
-    from components.step_io import artifact_uri, point_artifact, run_component_step, run_output_uri
+    from components.step_io import addressed_config, artifact_uri, point_artifact, run_component_step
 
-    config = BuildConfig(
+    settings = dict(
         model=artifact_uri(merged_model),
-        output=run_output_uri(storage_root, pipeline_run, "build"),
         serving_mode=serving_mode,
         quantization=quantization,
         model_name=model_name,
@@ -54,8 +52,11 @@ def build_op(
         },
         triton={"kv_cache_free_gpu_mem_fraction": kv_cache_free_gpu_mem_fraction, "decoupled": decoupled},
     )
+    config = addressed_config(
+        BuildConfig, settings, storage_root, "build", {"model": merged_model.metadata.get("sha256", "")}
+    )
     result, _ = run_component_step(
-        "build", build, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+        "build", build, config, mlflow_tracking_uri, mlflow_experiment, storage_root
     )
     # The repository's manifest metadata (serving mode, TRT-LLM version, GPU architecture,
     # limits, serving image) shows in the KFP UI and travels to rollout with the artifact.

@@ -11,27 +11,37 @@ def curate_op(
     train_data_uri: str,
     eval_data_uri: str,
     val_fraction: float,
+    decontamination_ngram: int,
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
     dataset: Output[Dataset],
     stats: Output[Metrics],
     report: Output[HTML],
 ):
     """Parse, validate, normalise, deduplicate and split instruction records."""
     from components.curate.curate import CurateConfig, curate
-    from components.step_io import content_output_uri, copy_report, point_artifact, run_component_step
-
-    config = CurateConfig(
-        inputs=[uri.strip() for uri in train_data_uri.split(",") if uri.strip()],
-        eval_set=eval_data_uri or None,
-        val_fraction=val_fraction,
-        output="",
+    from components.step_io import (
+        addressed_config,
+        copy_report,
+        point_artifact,
+        run_component_step,
+        split_list,
     )
-    config.output = content_output_uri(storage_root, "curated", config.model_dump(exclude={"output"}))
+
+    config = addressed_config(
+        CurateConfig,
+        {
+            "inputs": split_list(train_data_uri),
+            "eval_set": eval_data_uri or None,
+            "val_fraction": val_fraction,
+            "decontamination_ngram": decontamination_ngram,
+        },
+        storage_root,
+        "curate",
+    )
     result, _ = run_component_step(
-        "curate", curate, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+        "curate", curate, config, mlflow_tracking_uri, mlflow_experiment, storage_root
     )
     point_artifact(
         dataset,

@@ -171,6 +171,20 @@ class CurateConfig(BaseModel):
         "prompt+response: an eval_set record (contaminated) or, without eval_set, a val.jsonl record of the "
         "hash split (val_contaminated); 0 turns it off.",
     )
+    decontamination_boilerplate_records: int = Field(
+        default=20,
+        ge=1,
+        description="Boilerplate is not contamination: a decontamination_ngram-word run held by more than "
+        "max(this, decontamination_boilerplate_fraction x training records) distinct training records "
+        "(a prompt template, a fixed instruction) is never matched against held-out records.",
+    )
+    decontamination_boilerplate_fraction: float = Field(
+        default=0.0001,
+        ge=0.0,
+        le=1.0,
+        description="Share of the training records above which a decontamination_ngram-word run is "
+        "boilerplate (see decontamination_boilerplate_records); 1 turns the boilerplate rule off.",
+    )
     near_dedup: bool = Field(
         default=True,
         description="Reject near duplicates (near_duplicate): records with the same system prompt whose "
@@ -206,6 +220,13 @@ class CurateConfig(BaseModel):
         "core (of the container's CPU limit, at most 8) for 16 MiB of input or more and 1 (no extra "
         "process) below; the output is the same either way.",
     )
+
+    def boilerplate_limit(self, training_records: int) -> float:
+        """Holders (distinct training records) above which a held-out n-gram is boilerplate."""
+        return max(
+            float(self.decontamination_boilerplate_records),
+            self.decontamination_boilerplate_fraction * training_records,
+        )
 
     def quality_settings(self) -> QualitySettings:
         """The quality-filter fields for `filters.quality_problem`."""
@@ -758,12 +779,14 @@ class _Curation:
 
     First pass: every line of the eval set and the inputs is screened (parsed, filtered,
     PII handled, checked against the eval set; see `screen.py`, in worker processes for
-    large inputs), then eval n-gram decontamination and exact dedup run in input order.
+    large inputs), the eval set's n-grams are indexed, then exact dedup runs in input order.
     Survivors go to a pending file per split (the hash split is known from each record's
     content at once) with their MinHash signature and LSH band keys. Second pass: near
-    duplicates are chosen over all survivors at once, val records are written and indexed,
-    and train records are checked against that val index before they are written. So no
-    train record is written before val is known; curate writes the manifest only after all.
+    duplicates are chosen over all survivors at once, val records are written (and, without
+    an eval set, indexed), the training records are counted against the held-out index to
+    drop its boilerplate n-grams, then train records are checked against it before they are
+    written. So no train record is written before val and the boilerplate are known; curate
+    writes the manifest only after all.
     """
 
     def __init__(self, config: CurateConfig, sink: _Sink, work: Path) -> None:
@@ -778,12 +801,18 @@ class _Curation:
         self.eval_lines: dict[bytes, int] | None = None
         self.eval_ngrams: NgramIndex | None = None
         self.val_ngrams: NgramIndex | None = None
-        # Near-dedup and decontamination against the split's val records need every record
-        # first; without them each record is final when the first pass accepts it.
-        val_decontamination = (
-            not config.eval_set and config.decontamination_ngram > 0 and config.val_fraction > 0
+        # Near-dedup and decontamination need every record first: decontamination tells
+        # boilerplate from contamination by counting all training records, and without an eval
+        # set its held-out data are the final val records. Without them each record is final
+        # when the first pass accepts it.
+        self.decontaminating = config.decontamination_ngram > 0 and (
+            config.eval_set is not None or config.val_fraction > 0
         )
-        self.deferred = config.near_dedup or val_decontamination
+        self.deferred = config.near_dedup or self.decontaminating
+        # Per survivor: whether it holds an n-gram of the held-out index (boilerplate included).
+        self.holds_held_out = np.zeros(0, dtype=bool)
+        self.boilerplate_limit: float | None = None
+        self.boilerplate_ngrams = 0
         self.bands, self.rows = (0, 0)
         if config.near_dedup:
             self.bands, self.rows = lsh_params(config.near_dedup_threshold, config.near_dedup_num_perm)
@@ -815,9 +844,8 @@ class _Curation:
             quality=None if eval_set else config.quality_settings(),
             pii=config.pii,
             val_fraction=0.0 if config.eval_set else config.val_fraction,
-            words=bool(config.decontamination_ngram)
-            if eval_set
-            else self.eval_ngrams is not None or self.deferred,
+            # Near-dedup shingles and decontamination n-grams are both cut from the word strings.
+            words=bool(config.decontamination_ngram) if eval_set else self.deferred,
             eval_set=config.eval_set,
             sketch=None
             if eval_set or not config.near_dedup
@@ -896,15 +924,15 @@ class _Curation:
         self.sink.pii_found.update(refused.found)
 
     def _take(self, index: int, first: int, items: list[Item], chunk: ScreenedChunk) -> None:
-        """The batch stages for one screened chunk, in input order: eval n-grams, then exact dedup."""
+        """The batch stage for one screened chunk, in input order: exact dedup."""
         config = self.config
         uri = config.inputs[index]
         tally = self.tallies[uri]
-        shared = self.eval_ngrams.match(chunk.words) if self.eval_ngrams else None
         kept_at = self.kept_at
-        fresh: list[int] = []
-        if shared is None and config.dedup:
-            # The common case, exact dedup alone, without the general loop's exception handling.
+        if not config.dedup:
+            fresh = list(range(len(chunk.lines)))
+        else:
+            fresh = []
             for position, (line, digest) in enumerate(zip(chunk.lines, chunk.digests, strict=True)):
                 original = kept_at.get(digest)
                 if original is None:
@@ -917,32 +945,6 @@ class _Curation:
                     "duplicate", f"duplicate of record {kept_id} kept from {where}", kept_id=kept_id
                 )
                 self.sink.reject(uri, line, rejection, item_text(items[line - first]), tally)
-        else:
-            for position, line in enumerate(chunk.lines):
-                try:
-                    if shared is not None and shared[position] is not None:
-                        gram, owner = shared[position]
-                        raise Rejection(
-                            "contaminated",
-                            f"shares the {config.decontamination_ngram}-word sequence {gram!r} with eval "
-                            f"record {owner}",
-                        )
-                    if config.dedup:
-                        digest = chunk.digests[position]
-                        original = kept_at.get(digest)
-                        if original is not None:
-                            kept_id = digest.hex()[:16]
-                            where = f"{config.inputs[original[0]]}:{original[1]}"
-                            raise Rejection(
-                                "duplicate",
-                                f"duplicate of record {kept_id} kept from {where}",
-                                kept_id=kept_id,
-                            )
-                        kept_at[digest] = (index, line)
-                except Rejection as rejection:
-                    self.sink.reject(uri, line, rejection, item_text(items[line - first]), tally)
-                    continue
-                fresh.append(position)
         if self.deferred:
             self._park(index, first, items, chunk, fresh)
             return
@@ -1008,13 +1010,44 @@ class _Curation:
         if config.near_dedup:
             self.near = self._near_duplicates()
         # Without an eval set the split's val records are the held-out data: train records
-        # must not share a passage with them (the eval set was checked in the first pass).
-        if self.eval_lines is None and config.decontamination_ngram and any(self.survivors.to_val):
+        # must not share a passage with them.
+        if self.eval_lines is None and self.decontaminating and any(self.survivors.to_val):
             self.val_ngrams = NgramIndex(config.decontamination_ngram)
         self._settle_split(VAL_FILE)
         if self.val_ngrams is not None:
             log.info("curate: val indexed: %d distinct %d-grams", len(self.val_ngrams), self.val_ngrams.n)
+        if self.held_out is not None:
+            self._drop_boilerplate(self.held_out)
         self._settle_split(TRAIN_FILE)
+
+    @property
+    def held_out(self) -> NgramIndex | None:
+        """The index training records are decontaminated against: the eval set's or val's."""
+        return self.eval_ngrams if self.eval_ngrams is not None else self.val_ngrams
+
+    def _drop_boilerplate(self, held_out: NgramIndex) -> None:
+        """Count the training records holding each held-out n-gram; stop matching the common ones.
+
+        The training records are the train side's first-pass survivors (distinct after exact
+        dedup). Which of them hold some held-out n-gram is remembered: the matching pass
+        hashes only those.
+        """
+        self.holds_held_out = np.zeros(len(self.survivors), dtype=bool)
+        training_records = 0
+        for entries in self._pending_groups(TRAIN_FILE):
+            holding = held_out.count_holders([entry.words for entry in entries])
+            self.holds_held_out[[entry.index for entry in entries]] = holding
+            training_records += len(entries)
+        self.boilerplate_limit = self.config.boilerplate_limit(training_records)
+        self.boilerplate_ngrams = held_out.drop_common(self.boilerplate_limit)
+        log.info(
+            "curate: %d held-out %d-grams are boilerplate (held by more than %g of %d training records, "
+            "or overlapping one that is) and do not count as contamination",
+            self.boilerplate_ngrams,
+            held_out.n,
+            self.boilerplate_limit,
+            training_records,
+        )
 
     def _near_duplicates(self) -> NearDuplicates:
         """Near-duplicate decisions for every survivor (kept_by indexes survivors)."""
@@ -1041,8 +1074,8 @@ class _Curation:
         similarity[keyed[removed]] = local.similarity[removed]
         return NearDuplicates(kept_by, similarity, local.candidate_pairs, local.similar_pairs)
 
-    def _settle_split(self, file_name: str) -> None:
-        """Read one split's pending records in order and keep or reject each."""
+    def _pending_groups(self, file_name: str) -> Iterator[list[_Pending]]:
+        """One split's pending records, in order, in groups of _SETTLE_RECORDS."""
         wanted = int(file_name == VAL_FILE)
         members = np.flatnonzero(np.frombuffer(self.survivors.to_val, dtype=np.uint8) == wanted).tolist()
         with (
@@ -1052,12 +1085,16 @@ class _Curation:
             for start in range(0, len(members), _SETTLE_RECORDS):
                 group = members[start : start + _SETTLE_RECORDS]
                 # Three lines per record (see _park): canonical record, original line, word string.
-                entries = [
+                yield [
                     _Pending(index, pending.readline()[:-1], pending.readline()[:-1], pending.readline()[:-1])
                     for index in group
                 ]
-                self._settle(file_name, entries)
                 bar.update(len(group))
+
+    def _settle_split(self, file_name: str) -> None:
+        """Read one split's pending records in order and keep or reject each."""
+        for entries in self._pending_groups(file_name):
+            self._settle(file_name, entries)
 
     def _settle(self, file_name: str, entries: list[_Pending]) -> None:
         config, survivors, near = self.config, self.survivors, self.near
@@ -1075,16 +1112,24 @@ class _Curation:
                 self._reject(entry, rejection)
                 continue
             alive.append(entry)
-        if file_name == TRAIN_FILE and self.val_ngrams is not None:
-            shared = self.val_ngrams.match([entry.words for entry in alive])
+        held_out = self.held_out
+        if file_name == TRAIN_FILE and held_out is not None:
+            reason, label = (
+                ("contaminated", "eval") if self.eval_ngrams is not None else ("val_contaminated", "val")
+            )
+            # Only records holding some held-out n-gram can share a non-boilerplate one.
+            suspects = [entry for entry in alive if self.holds_held_out[entry.index]]
+            matches = held_out.match([entry.words for entry in suspects])
+            shared = {entry.index: match for entry, match in zip(suspects, matches, strict=True)}
             checked = []
-            for entry, overlap in zip(alive, shared, strict=True):
+            for entry in alive:
+                overlap = shared.get(entry.index)
                 if overlap is None:
                     checked.append(entry)
                     continue
                 rejection = Rejection(
-                    "val_contaminated",
-                    f"shares the {config.decontamination_ngram}-word sequence {overlap[0]!r} with val "
+                    reason,
+                    f"shares the {config.decontamination_ngram}-word sequence {overlap[0]!r} with {label} "
                     f"record {overlap[1]}",
                 )
                 self._reject(entry, rejection)
@@ -1131,13 +1176,20 @@ class _Curation:
                 "similar_pairs": self.near.similar_pairs,
                 "removed": self.near.removed,
             }
-        held_out = self.eval_ngrams or self.val_ngrams
+        held_out = self.held_out
         return {
             "near_dedup": near_dedup,
             "decontamination": {
                 "ngram": config.decontamination_ngram,
-                "held_out": "eval_set" if self.eval_ngrams else "val" if self.val_ngrams else None,
+                "held_out": "eval_set"
+                if self.eval_ngrams is not None
+                else "val"
+                if self.val_ngrams is not None
+                else None,
+                # Distinct held-out n-grams matched against, and those left out as boilerplate.
                 "held_out_ngrams": len(held_out) if held_out is not None else 0,
+                "boilerplate_ngrams": self.boilerplate_ngrams,
+                "boilerplate_limit": self.boilerplate_limit,
             },
         }
 

@@ -20,31 +20,35 @@ def evaluate_op(
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> str:
     """Score base, tuned and production models; returns the gate decision, "passed" or "failed"."""
     from components.evaluate.evaluate import EvaluateConfig, GateThresholds, evaluate
-    from components.step_io import artifact_uri, copy_report, run_component_step, run_output_uri
+    from components.step_io import addressed_config, artifact_uri, copy_report, run_component_step
 
-    config = EvaluateConfig(
-        base_model=base_model_uri,
-        adapter=artifact_uri(adapter),
-        data=artifact_uri(dataset),
-        output=run_output_uri(storage_root, pipeline_run, "evaluate"),
-        max_eval_records=max_eval_records,
-        max_new_tokens=max_new_tokens,
-        gate=GateThresholds(
-            min_exact_match_gain=gate_min_exact_match_gain,
-            max_val_loss=gate_max_val_loss if gate_max_val_loss > 0 else None,
-            max_regression=gate_max_regression,
+    config = addressed_config(
+        EvaluateConfig,
+        dict(
+            base_model=base_model_uri,
+            adapter=artifact_uri(adapter),
+            data=artifact_uri(dataset),
+            max_eval_records=max_eval_records,
+            max_new_tokens=max_new_tokens,
+            gate=GateThresholds(
+                min_exact_match_gain=gate_min_exact_match_gain,
+                max_val_loss=gate_max_val_loss if gate_max_val_loss > 0 else None,
+                max_regression=gate_max_regression,
+            ),
+            train_metrics=adapter.metadata.get("metrics_uri"),
+            registered_model_name=registered_model_name or None,
         ),
-        train_metrics=adapter.metadata.get("metrics_uri"),
-        registered_model_name=registered_model_name or None,
+        storage_root,
+        "evaluate",
+        {"dataset": dataset.metadata.get("sha256", "")},
     )
     result, _ = run_component_step(
-        "evaluate", evaluate, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+        "evaluate", evaluate, config, mlflow_tracking_uri, mlflow_experiment, storage_root
     )
     compared = [("base", result.base), ("tuned", result.tuned), ("production", result.production)]
     for model_name, scores in compared:

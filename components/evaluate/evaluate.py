@@ -65,7 +65,7 @@ class GateThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_exact_match_gain: float = Field(
-        0.05, description="The tuned model's exact match minus the base model's must be at least this."
+        0.0, description="The tuned model's exact match minus the base model's must be at least this."
     )
     max_val_loss: float | None = Field(
         None, description="When set, the tuned model's validation loss must be at most this."
@@ -100,10 +100,10 @@ class EvaluateConfig(BaseModel):
         description="Directory (path or s3://) for metrics.json, generations.jsonl, report.html.",
     )
     max_eval_records: int = Field(
-        64, ge=1, description="Generation metrics use the first N val records (file order, deterministic)."
+        256, ge=1, description="Generation metrics use the first N val records (file order, deterministic)."
     )
     max_new_tokens: int = Field(
-        16, ge=1, description="Most tokens generated per record (greedy, stops at EOS)."
+        64, ge=1, description="Most tokens generated per record (greedy, stops at EOS)."
     )
     batch_size: int = Field(16, ge=1, description="Records per forward pass, for both loss and generation.")
     max_length: int = Field(
@@ -365,6 +365,20 @@ def _device(requested: str) -> str:
     return requested
 
 
+def device_map(device: str, visible_gpus: int) -> str:
+    """Where from_pretrained puts the weights: the device, or spread over every visible GPU ("auto").
+
+    The evaluate profile asks for one GPU (enough for the models llmft tunes); a profile that gives
+    more gets them used, for a model too large for one, instead of leaving them idle.
+    """
+    return "auto" if device == "cuda" and visible_gpus > 1 else device
+
+
+def gpus_used(device: str, visible_gpus: int) -> int:
+    """GPUs evaluation occupies: every visible one on cuda (see `device_map`), none on the CPU."""
+    return visible_gpus if device == "cuda" else 0
+
+
 def _dtype(device: str) -> Any:
     import torch
 
@@ -512,11 +526,14 @@ def score_production(
 
     Its own tokenizer encodes the records: it is the one it serves with.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     tokenizer, pad_id = _load_tokenizer(checkpoint)
     log.info("loading production model %s v%s from %s", production.name, production.version, checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=_dtype(device), device_map=device)
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=_dtype(device), device_map=device_map(device, torch.cuda.device_count())
+    )
     model.eval()
     examples = [encode_record(tokenizer, record, config.max_length) for record in val_records]
     scores, responses, _ = score(
@@ -568,9 +585,10 @@ def evaluate(config: EvaluateConfig, tracker: Tracker = NULL_TRACKER) -> Evaluat
     tokenizer, pad_id = _load_tokenizer(tokenizer_dir)
 
     dtype = _dtype(device)
-    log.info("loading base model %s (%s on %s)", config.base_model, dtype, device)
+    placement = device_map(device, torch.cuda.device_count())
+    log.info("loading base model %s (%s on %s)", config.base_model, dtype, placement)
     # device_map loads weights straight onto the GPU, without a full copy in host memory first.
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, device_map=device)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, device_map=placement)
     model.eval()
     log.info("attaching adapter %s", config.adapter)
     model = attach_adapter(model, adapter_dir, config.adapter, config.base_model)

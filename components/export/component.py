@@ -15,27 +15,37 @@ def export_op(
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
     merged_model: Output[Model],
 ):
     """Merge the adapter into the base model; register the checkpoint in MLflow."""
     from components.export.export import ExportConfig, export
-    from components.step_io import artifact_uri, point_artifact, run_component_step, run_output_uri
+    from components.step_io import (
+        addressed_config,
+        artifact_uri,
+        pipeline_run_id,
+        point_artifact,
+        run_component_step,
+    )
 
-    config = ExportConfig(
-        base_model=base_model_uri,
-        adapter=artifact_uri(adapter),
-        output=run_output_uri(storage_root, pipeline_run, "export"),
-        registered_model_name=registered_model_name,
-        lineage={
-            "dataset_sha256": dataset.metadata.get("sha256", ""),
-            "base_model": base_model_uri,
-            "pipeline_run": pipeline_run,
-            "train_mlflow_run_id": adapter.metadata.get("mlflow_run_id", ""),
-        },
+    config = addressed_config(
+        ExportConfig,
+        dict(
+            base_model=base_model_uri,
+            adapter=artifact_uri(adapter),
+            registered_model_name=registered_model_name,
+            lineage={
+                "dataset_sha256": dataset.metadata.get("sha256", ""),
+                "base_model": base_model_uri,
+                "pipeline_run": pipeline_run_id(),
+                "train_mlflow_run_id": adapter.metadata.get("mlflow_run_id", ""),
+            },
+        ),
+        storage_root,
+        "export",
+        not_addressed=frozenset({"lineage"}),
     )
     result, _ = run_component_step(
-        "export", export, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+        "export", export, config, mlflow_tracking_uri, mlflow_experiment, storage_root
     )
     point_artifact(
         merged_model,

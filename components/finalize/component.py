@@ -11,7 +11,6 @@ def finalize_op(
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
     num_nodes: int,
     namespace: str,
     job_cleanup: str,
@@ -19,17 +18,15 @@ def finalize_op(
 ):
     """Record the run's final state (runs after success and after failure)."""
     from components.finalize.finalize import FinalizeConfig, finalize
-    from components.step_io import run_component_step
+    from components.step_io import pipeline_run_id, run_component_step
 
     config = FinalizeConfig(
         storage_root=storage_root,
-        pipeline_run=pipeline_run,
+        pipeline_run=pipeline_run_id(),
         state=status.state,
         error_message=status.error_message or "",
         failed_task=status.pipeline_task_name if status.state != "SUCCEEDED" else "",
         training_job_namespace=namespace if num_nodes > 1 else "",
         training_job_cleanup=job_cleanup,
     )
-    run_component_step(
-        "finalize", finalize, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
-    )
+    run_component_step("finalize", finalize, config, mlflow_tracking_uri, mlflow_experiment, storage_root)

@@ -63,9 +63,9 @@ def finalize(config: FinalizeConfig, tracker: Tracker = NULL_TRACKER) -> Finaliz
         if config.training_job_namespace:
             from components.train import pytorchjob
 
-            name = pytorchjob.job_name(config.pipeline_run, "train")
-            deleted = pytorchjob.cleanup(name, config.training_job_namespace, config.training_job_cleanup)
-            log.info(
-                "PyTorchJob %s/%s: %s", config.training_job_namespace, name, "deleted" if deleted else "kept"
-            )
+            # The job is named after train's output address, not the run: found by the run's label.
+            namespace = config.training_job_namespace
+            for name in pytorchjob.jobs_of_run(config.pipeline_run, namespace):
+                deleted = pytorchjob.cleanup(name, namespace, config.training_job_cleanup)
+                log.info("PyTorchJob %s/%s: %s", namespace, name, "deleted" if deleted else "kept")
     return FinalizeResult(outcome=uri, state=config.state, succeeded=succeeded)

@@ -20,7 +20,6 @@ def rollout_op(
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
 ) -> str:
     """Serve the model repository, smoke-test it, promote it (kubernetes), and return the endpoint.
 
@@ -46,6 +45,6 @@ def rollout_op(
         ),
     )
     result, _ = run_component_step(
-        "rollout", rollout, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+        "rollout", rollout, config, mlflow_tracking_uri, mlflow_experiment, storage_root
     )
     return result.endpoint_http

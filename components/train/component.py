@@ -33,7 +33,6 @@ def train_op(
     storage_root: str,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
-    pipeline_run: str,
     adapter: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -46,20 +45,23 @@ def train_op(
     import math
 
     from components import storage
-    from components.step_io import artifact_uri, point_artifact, run_component_step, run_output_uri
+    from components.step_io import (
+        addressed_config,
+        artifact_uri,
+        pipeline_run_id,
+        point_artifact,
+        run_component_step,
+        split_list,
+    )
     from components.train.launch import ClusterPlacement, run_train_step
-    from components.train.train import LoraSettings, TrainConfig
+    from components.train.train import TrainConfig
 
-    config = TrainConfig(
+    settings = dict(
         base_model=base_model_uri,
         data=artifact_uri(dataset),
-        output=run_output_uri(storage_root, pipeline_run, "train"),
         backend=backend,
-        lora=LoraSettings(
-            r=lora_r,
-            alpha=lora_alpha,
-            dropout=lora_dropout,
-            target_modules=[name.strip() for name in lora_target_modules.split(",") if name.strip()],
+        lora=dict(
+            r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=split_list(lora_target_modules)
         ),
         epochs=epochs,
         max_steps=max_steps,
@@ -72,18 +74,21 @@ def train_op(
         sharding=sharding,
         resume="auto",  # a KFP retry (or a spot interruption) continues from the newest checkpoint
     )
+    config = addressed_config(
+        TrainConfig, settings, storage_root, "train", {"dataset": dataset.metadata.get("sha256", "")}
+    )
     placement = ClusterPlacement(
         **json.loads(placement_json),
-        pipeline_run=pipeline_run,
+        pipeline_run=pipeline_run_id(),
         namespace=namespace,
-        env_from_secrets=[name.strip() for name in env_from_secrets.split(",") if name.strip()],
+        env_from_secrets=split_list(env_from_secrets),
         cleanup=job_cleanup,
     )
     step = functools.partial(
         run_train_step, num_nodes=num_nodes, gpus_per_node=gpus_per_node, placement=placement
     )
     result, mlflow_run_id = run_component_step(
-        "train", step, config, mlflow_tracking_uri, mlflow_experiment, pipeline_run, storage_root
+        "train", step, config, mlflow_tracking_uri, mlflow_experiment, storage_root
     )
     point_artifact(
         adapter,

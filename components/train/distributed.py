@@ -131,6 +131,25 @@ def all_gather(value: Any) -> list[Any]:
     return gathered
 
 
+def decide_sharding(
+    requested: Literal["auto", "ddp", "fsdp"],
+    world: int,
+    device_type: str,
+    model_bytes: int,
+    gpu_bytes: int | None,
+) -> Sharding:
+    """The sharding a job of `world` processes uses (pure; `choose_sharding` and the dry-run plan
+    both ask it): "none" in one process, `requested` unless auto, else ddp on CPUs and fsdp when
+    the base model's weights take FSDP_MEMORY_SHARE of one GPU's memory or more."""
+    if world <= 1:
+        return "none"
+    if requested != "auto":
+        return requested
+    if device_type != "cuda" or not gpu_bytes:
+        return "ddp"
+    return "fsdp" if model_bytes / gpu_bytes >= FSDP_MEMORY_SHARE else "ddp"
+
+
 def choose_sharding(requested: Literal["auto", "ddp", "fsdp"], device: Any, model_bytes: int) -> Sharding:
     """DDP or FSDP for this job ("none" in a single process); `auto` takes FSDP when the base
     model would crowd one GPU.
@@ -151,14 +170,13 @@ def choose_sharding(requested: Literal["auto", "ddp", "fsdp"], device: Any, mode
         log.info("sharding=auto: ddp (on CPUs the model lives in host memory; FSDP saves GPU memory)")
         return "ddp"
     gpu_bytes = torch.cuda.get_device_properties(device).total_memory
-    share = model_bytes / gpu_bytes
-    choice: Sharding = "fsdp" if share >= FSDP_MEMORY_SHARE else "ddp"
+    choice = decide_sharding(requested, world_size(), device.type, model_bytes, gpu_bytes)
     log.info(
         "sharding=auto: %s (the base model's weights, %.1f GiB, take %.0f%% of one GPU's %.1f GiB; "
         "fsdp from %.0f%%)",
         choice,
         model_bytes / 2**30,
-        100 * share,
+        100 * model_bytes / gpu_bytes,
         gpu_bytes / 2**30,
         100 * FSDP_MEMORY_SHARE,
     )

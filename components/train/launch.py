@@ -1,7 +1,8 @@
 """Train on every GPU of one node: torchrun in a subprocess, one process per GPU.
 
-The KFP train task calls `run_torchrun` when `gpus_per_node > 1`. The workers run this
-module (`python -m components.train.launch`): each reads the whole TrainConfig (YAML or JSON)
+The KFP train task calls `run_torchrun` when it trains on more than one GPU (`processes_per_node`).
+The workers run this module (`python -m components.train.launch`): each reads the whole
+TrainConfig (YAML or JSON)
 from the environment variable LLMFT_TRAIN_CONFIG and calls `train`, which joins the process
 group and trains its share of every step (see train.py). Rank 0 writes the adapter,
 checkpoints and metrics.json; `run_torchrun` reads the result from that metrics.json.
@@ -146,12 +147,37 @@ class ClusterPlacement(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pipeline_run: str = Field(description="KFP run id; with the task name it names the PyTorchJob.")
+    pipeline_run: str = Field(description="KFP run id: the PyTorchJob's llmft.io/pipeline-run label.")
     namespace: str = Field(description="Namespace of the PyTorchJob.")
     image: str = Field(description="Train image for the job's pods.")
     profile: ResourceProfile = Field(description="The train step's cluster profile (GPUs, EFA, shm, ...).")
     env_from_secrets: list[str] = Field(default_factory=list, description="Secrets exposed as environment.")
     cleanup: Literal["delete", "keep"] = Field("keep", description="What to do with a failed job.")
+
+
+def gpus_used(profile: ResourceProfile, gpus_per_node: int) -> int:
+    """GPUs one training pod of `profile` uses: `gpus_per_node`, where 0 means all the pod has."""
+    if gpus_per_node < 0:
+        raise TrainError(f"gpus_per_node={gpus_per_node}: use 0 (all GPUs of the pod) or a positive count")
+    return gpus_per_node or profile.gpus
+
+
+def processes_per_node(gpus_per_node: int, visible_gpus: int) -> int:
+    """Training processes in this pod: one per GPU used (0 = every visible GPU); one on a CPU-only pod."""
+    if gpus_per_node < 0:
+        raise TrainError(f"gpus_per_node={gpus_per_node}: use 0 (all GPUs of the pod) or a positive count")
+    if gpus_per_node > max(visible_gpus, 1):
+        raise TrainError(
+            f"gpus_per_node={gpus_per_node} but this pod sees {visible_gpus} GPU(s): set it to 0 (all of "
+            "them) or give the train step's profile that many GPUs"
+        )
+    return max(gpus_per_node or visible_gpus, 1)
+
+
+def visible_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def run_train_step(
@@ -161,7 +187,10 @@ def run_train_step(
     placement: ClusterPlacement | None = None,
     tracker: Tracker = NULL_TRACKER,
 ) -> TrainResult:
-    """The train step on any shape: in this process, torchrun on this node, or a PyTorchJob."""
+    """The train step on any shape: in this process, torchrun on this node, or a PyTorchJob.
+
+    `gpus_per_node` 0 means every GPU: of this pod, or of the train profile for PyTorchJob pods.
+    """
     if num_nodes > 1:
         from components.train import pytorchjob
 
@@ -172,23 +201,27 @@ def run_train_step(
                 f"num_nodes={num_nodes}: output {config.output!r} must be on s3://, where the "
                 "job's rank 0 writes and this launcher reads the result"
             )
+        gpus = gpus_used(placement.profile, gpus_per_node)
         extra_env = {MLFLOW_RUN_ENV: str(tracker.run_id), "MLFLOW_TRACKING_URI": str(tracker.tracking_uri)}
         settings = pytorchjob.PyTorchJobSettings(
-            name=pytorchjob.job_name(placement.pipeline_run, "train"),
+            # From the output address: the same on a KFP retry, so the retry re-attaches to the job.
+            name=pytorchjob.job_name(config.output, "train"),
             namespace=placement.namespace,
             image=placement.image,
             nodes=num_nodes,
-            gpus_per_node=gpus_per_node,
-            profile=placement.profile.model_copy(update={"gpus": gpus_per_node}),
+            gpus_per_node=gpus,
+            profile=placement.profile.model_copy(update={"gpus": gpus}),
             train_config=config.model_dump(mode="json"),
             env_from_secrets=placement.env_from_secrets,
             extra_env=extra_env if tracker.enabled else {},
+            labels={pytorchjob.RUN_LABEL: placement.pipeline_run},
             cleanup=placement.cleanup,
         )
         pytorchjob.launch(settings)
         return read_result(config.output)
-    if gpus_per_node > 1:
-        return run_torchrun(config, gpus_per_node, tracker=tracker)
+    processes = processes_per_node(gpus_per_node, visible_gpu_count())
+    if processes > 1:
+        return run_torchrun(config, processes, tracker=tracker)
     return train(config, tracker)
 
 

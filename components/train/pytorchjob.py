@@ -52,7 +52,7 @@ from kubernetes.client import CoreV1Api, V1DeleteOptions
 from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from components.resources import ResourceProfile, apply_to_pod_spec
+from components.resources import ResourceProfile, SecretEnv, apply_to_pod_spec
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ TRAIN_COMMAND: tuple[str, ...] = ("torchrun", "--module", WORKER_MODULE)
 MAX_JOB_NAME = 50  # pods and Services are `<job>-worker-<index>`: 50 + 8 + 5 digits stays within 63
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 JOB_LABEL = "llmft.io/job"
+# The pipeline run a job works for. Job names come from train's output address, which equal runs
+# share; the label is how the exit handler finds its own run's jobs (`jobs_of_run`).
+RUN_LABEL = "llmft.io/pipeline-run"
 SPEC_HASH_ANNOTATION = "llmft.io/spec-sha256"  # lets a re-attaching launcher notice a different spec
 
 # NCCL / libfabric environment on every replica. Sources: aws-samples/awsome-distributed-training,
@@ -94,7 +97,6 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 # A URL with a password in it (scheme://user:password@host) carries a credential in plain text.
@@ -161,38 +163,6 @@ class PyTorchJobTimeout(PyTorchJobError):
             f"left running: a retry of this step re-attaches to it, or delete it with "
             f"`kubectl -n {namespace} delete pytorchjob {name}`"
         )
-
-
-class SecretEnv(BaseModel):
-    """An environment variable read from a key of a Kubernetes Secret (never a literal value)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="Environment variable name in the training container, e.g. HF_TOKEN.")
-    secret: str = Field(description="Name of the Secret in the job's namespace.")
-    key: str = Field(description="Key inside the Secret.")
-    optional: bool = Field(default=False, description="Start the pod even if the Secret or key is missing.")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not _ENV_NAME_RE.match(value):
-            raise ValueError(f"invalid environment variable name {value!r}")
-        return value
-
-    @field_validator("secret")
-    @classmethod
-    def _check_secret(cls, value: str) -> str:
-        if len(value) > 253 or not _DNS1123_SUBDOMAIN_RE.match(value):
-            raise ValueError(f"invalid Secret name {value!r}: lowercase alphanumerics, '-' and '.'")
-        return value
-
-    @field_validator("key")
-    @classmethod
-    def _check_key(cls, value: str) -> str:
-        if len(value) > 253 or not _SECRET_KEY_RE.match(value):
-            raise ValueError(f"invalid Secret key {value!r}: alphanumerics, '-', '_' and '.'")
-        return value
 
 
 def _words(key: str) -> list[str]:
@@ -396,6 +366,7 @@ class PyTorchJobSettings(BaseModel):
                 f"gpus_per_node to {self.profile.gpus}"
             )
         names = [item.name for item in self.secret_env]
+        names += [item.name for item in self.profile.secret_env if item.name not in names]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"secret_env sets {', '.join(duplicates)} more than once")
@@ -430,20 +401,21 @@ def _dns_part(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower())).strip("-")
 
 
-def job_name(pipeline_run: str, task: str) -> str:
-    """The PyTorchJob name of one task of one pipeline run: deterministic, DNS-1035, at most 50 characters.
+def job_name(key: str, task: str) -> str:
+    """The PyTorchJob name of one task for `key`: deterministic, DNS-1035, at most 50 characters.
 
-    Pass values that stay the same when KFP retries the step (the run id and the task's name, not the pod
-    name), so a retry re-attaches to the job instead of starting a second one. The hash covers both
-    inputs in full, so runs whose ids share the kept prefix still get different names.
+    Pass values that stay the same when KFP retries the step (the pipeline passes train's output
+    address, the CLI a digest of its settings; never the pod name), so a retry re-attaches to the job
+    instead of starting a second one. The hash covers both inputs in full, so keys that share the kept
+    prefix still get different names.
     """
-    if not pipeline_run.strip() or not task.strip():
-        raise ValueError("job_name needs a non-empty pipeline run id and task name")
-    digest = hashlib.sha256(f"{pipeline_run}\n{task}".encode()).hexdigest()[:8]
+    if not key.strip() or not task.strip():
+        raise ValueError("job_name needs a non-empty key and task name")
+    digest = hashlib.sha256(f"{key}\n{task}".encode()).hexdigest()[:8]
     prefix = "llmft-train-"
     room = MAX_JOB_NAME - len(prefix) - len(digest) - 1
-    run = _dns_part(pipeline_run)[:room].strip("-")
-    return f"{prefix}{run}-{digest}" if run else f"{prefix}{digest}"
+    readable = _dns_part(key)[:room].strip("-")
+    return f"{prefix}{readable}-{digest}" if readable else f"{prefix}{digest}"
 
 
 @cache
@@ -463,7 +435,8 @@ def _deserialize(data: Mapping[str, Any], klass: str) -> Any:
 
 def _container_env(settings: PyTorchJobSettings, profile_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Env of the training container: config, NCCL/EFA defaults (extra_env wins), then Secret references."""
-    plain: dict[str, str] = {item["name"]: item["value"] for item in profile_env}
+    # The profile's Secret references come back below, with the job's own (which win on a name).
+    plain: dict[str, str] = {item["name"]: item["value"] for item in profile_env if "value" in item}
     if settings.profile.efa > 0:
         plain.update(EFA_EXTRA_ENV)
     plain.update(NCCL_ENV)
@@ -471,11 +444,8 @@ def _container_env(settings: PyTorchJobSettings, profile_env: list[dict[str, Any
     config_json = json.dumps(settings.train_config, sort_keys=True, separators=(",", ":"))
     env: list[dict[str, Any]] = [{"name": CONFIG_ENV, "value": config_json}]
     env += [{"name": name, "value": plain[name]} for name in sorted(plain)]
-    for item in settings.secret_env:
-        ref: dict[str, Any] = {"name": item.secret, "key": item.key}
-        if item.optional:
-            ref["optional"] = True
-        env.append({"name": item.name, "valueFrom": {"secretKeyRef": ref}})
+    secrets = {item.name: item for item in [*settings.profile.secret_env, *settings.secret_env]}
+    env += [secrets[name].to_env() for name in sorted(secrets)]
     return env
 
 
@@ -852,12 +822,20 @@ def launch(
     name, namespace = settings.name, settings.namespace
     started = time.monotonic()
     existing = _read_job_or_raise(client, namespace, name)
-    if existing is not None and settings.rerun_failed and job_state(existing)[0] == "Failed":
+    # A failed job of another pipeline run (same inputs, so same name) is not this step's earlier
+    # attempt: the new run trains again instead of reporting the old run's failure.
+    from_other_run = existing is not None and _run_label(existing) != settings.labels.get(RUN_LABEL)
+    if (
+        existing is not None
+        and (settings.rerun_failed or from_other_run)
+        and job_state(existing)[0] == "Failed"
+    ):
         _, condition = job_state(existing)
         log.warning(
-            "PyTorchJob %s/%s failed in an earlier attempt (%s: %s); rerun_failed is set: replacing it",
+            "PyTorchJob %s/%s failed in %s (%s: %s): replacing it",
             namespace,
             name,
+            "another pipeline run" if from_other_run else "an earlier attempt (rerun_failed is set)",
             condition.get("reason", "Failed"),
             condition.get("message", ""),
         )
@@ -891,6 +869,34 @@ def launch(
     seconds = time.monotonic() - started
     log.info("PyTorchJob %s/%s %s after %s", namespace, name, state, _duration(seconds))
     return JobOutcome(name=name, namespace=namespace, state=state, seconds=seconds, reattached=reattached)
+
+
+def _run_label(job: Mapping[str, Any]) -> str | None:
+    return ((job.get("metadata") or {}).get("labels") or {}).get(RUN_LABEL)
+
+
+def jobs_of_run(pipeline_run: str, namespace: str, client: TrainingClient | None = None) -> list[str]:
+    """Names of the PyTorchJobs labelled with `pipeline_run` in `namespace` (sorted); [] if unreadable.
+
+    The exit handler's look-up: it must record the run's outcome even when the API refuses, so an
+    error is logged, not raised.
+    """
+    client = client or _default_client(namespace)
+    try:
+        found = client.custom_api.list_namespaced_custom_object(
+            kf.GROUP,
+            kf.VERSION,
+            namespace,
+            kf.PYTORCHJOB_PLURAL,
+            label_selector=f"{RUN_LABEL}={pipeline_run}",
+            _request_timeout=API_TIMEOUT_S,
+        )
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+        log.warning(
+            "cannot list the PyTorchJobs of run %s in %s: %s", pipeline_run, namespace, _describe(error)
+        )
+        return []
+    return sorted(str(item["metadata"]["name"]) for item in found.get("items") or [])
 
 
 def _wait(

@@ -43,16 +43,18 @@ from components.tracking import NULL_TRACKER, Tracker
 from components.train import distributed
 from components.train.data import IGNORE_INDEX, EncodedExample, collate, encode_record
 from components.train.loss import response_loss_sum, validation_loss
-from components.train.memory import plan_checkpointing
+from components.train.plan import (
+    TrainError,
+    checkpointed_layers,
+    plan_steps,
+    resolve_device,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"
 LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class TrainError(ValueError):
-    """The training inputs or settings cannot work; the message says which and why."""
 
 
 class LoraSettings(BaseModel):
@@ -87,8 +89,8 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps with linear warmup.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     micro_batch_size: int = Field(4, ge=1, description="Sequences per forward pass on each device.")
-    global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step (accumulated).")
-    max_length: int = Field(1024, ge=8, description="Longest tokenized example; longer ones are cut.")
+    global_batch_size: int = Field(64, ge=1, description="Sequences per optimizer step (accumulated).")
+    max_length: int = Field(2048, ge=8, description="Longest tokenized example; longer ones are cut.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Compute precision: auto = bf16 on GPUs that support it, else fp32."
     )
@@ -104,7 +106,7 @@ class TrainConfig(BaseModel):
         "fused LoRA layers and a fused loss: the same loss as the plain path, within float rounding, "
         "with less time and memory. false: the plain transformers + PEFT forward on padded batches.",
     )
-    save_every_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    save_every_steps: int = Field(200, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     checkpoint_uri: str | None = Field(
         None, description="Where checkpoints go (path or s3://); default: <output>/checkpoints."
@@ -153,50 +155,26 @@ class TrainResult(BaseModel):
         )
 
 
-def _device(choice: str) -> Any:
-    import torch
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise TrainError("device=cuda was requested but no CUDA GPU is visible")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
-def _dtype(precision: str, device: Any) -> Any:
-    import torch
-
-    if precision == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if use_bf16 else torch.float32
-    if precision in ("bf16", "fp16") and device.type == "cpu":
-        raise TrainError(f"precision={precision} needs a GPU; use fp32 or auto on CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
 def _checkpointed_layers(
     config: TrainConfig, model: Any, device: Any, dtype: Any, weight_bytes: int, sharding: str
 ) -> int:
-    """How many decoder layers recompute their activations: all when asked, else on a GPU
-    with the fused path as few as the memory plan needs (see memory.py), else none."""
-    layers = distributed.decoder_layers(model)
-    if config.gradient_checkpointing:
-        return len(layers)
-    if not (config.fused and device.type == "cuda" and layers):
-        return 0
+    """How many decoder layers recompute their activations (see plan.checkpointed_layers)."""
     import torch
 
+    layers = distributed.decoder_layers(model)
     shape = model.config
-    plan = plan_checkpointing(
+    on_gpu = device.type == "cuda"
+    count, plan = checkpointed_layers(
+        config,
         num_layers=len(layers),
         hidden_size=shape.hidden_size,
         intermediate_size=getattr(shape, "intermediate_size", 4 * shape.hidden_size),
-        tokens_per_micro_batch=config.micro_batch_size * config.max_length,
+        on_gpu=on_gpu,
         bytes_per_value=torch.finfo(dtype).bits // 8,
         weight_bytes=weight_bytes // (distributed.world_size() if sharding == "fsdp" else 1),
-        gpu_bytes=torch.cuda.get_device_properties(device).total_memory,
+        gpu_bytes=torch.cuda.get_device_properties(device).total_memory if on_gpu else 0,
     )
-    if plan.checkpointed_layers:
+    if plan and plan.checkpointed_layers:
         log.info(
             "activation checkpointing on %d of %d layers: %.1f GiB of activations per layer would not "
             "fit the %.1f GiB left beside the weights",
@@ -205,7 +183,7 @@ def _checkpointed_layers(
             plan.activation_bytes_per_layer / 2**30,
             plan.available_bytes / 2**30,
         )
-    return plan.checkpointed_layers
+    return count
 
 
 def _encode(tokenizer: Any, records: list[Record], max_length: int, split: str) -> list[EncodedExample]:
@@ -582,7 +560,7 @@ def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     """Train a LoRA adapter; under torchrun, one rank of a data parallel job."""
     if config.backend == "nemo":
         return _train_with_nemo(config, tracker)
-    device = distributed.setup(_device(config.device))
+    device = distributed.setup(resolve_device(config.device))
     try:
         # A launcher hands every rank the same tracker; only rank 0 logs, so metrics are not repeated.
         return _train(config, device, tracker if distributed.is_main() else NULL_TRACKER)
@@ -667,7 +645,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     started = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    dtype = _dtype(config.precision, device)
+    dtype = resolve_precision(config.precision, device)
     world, rank = distributed.world_size(), distributed.rank()
 
     data_dir = storage.localize_dir(config.data)
@@ -727,22 +705,12 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
 
     train_examples = _encode(tokenizer, train_records, config.max_length, "train")
     val_examples = _encode(tokenizer, val_records, config.max_length, "val")
-    micro_batches_per_epoch = math.ceil(len(train_examples) / config.micro_batch_size)
-    # A dataset smaller than one global batch still makes one optimizer step per epoch.
-    micro_batches_per_step = min(
-        max(config.global_batch_size // config.micro_batch_size, 1), micro_batches_per_epoch
-    )
-    if micro_batches_per_step % world:
-        raise TrainError(
-            f"{micro_batches_per_step} micro batches per step (global_batch_size={config.global_batch_size}, "
-            f"micro_batch_size={config.micro_batch_size}, {len(train_examples)} training examples) cannot "
-            f"be shared evenly by {world} ranks: make global_batch_size a multiple of "
-            f"micro_batch_size x {world}"
-        )
-    accumulation = micro_batches_per_step // world  # micro batches per step on each rank
-    steps_per_epoch = max(micro_batches_per_epoch // micro_batches_per_step, 1)
-    total_steps = config.max_steps or max(int(config.epochs * steps_per_epoch), 1)
-    warmup = int(config.warmup_ratio * total_steps)
+    step_plan = plan_steps(config, len(train_examples), world)
+    micro_batches_per_step = step_plan.micro_batches_per_step
+    accumulation = step_plan.accumulation  # micro batches per step on each rank
+    steps_per_epoch = step_plan.steps_per_epoch
+    total_steps = step_plan.total_steps
+    warmup = step_plan.warmup_steps
 
     pad_id = tokenizer.pad_token_id
     # A packed micro batch holds no more tokens than a padded one of max_length sequences.

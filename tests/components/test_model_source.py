@@ -271,7 +271,7 @@ def test_s3_key_leaving_the_destination_is_refused(s3_bucket, plain_model, isola
 
 def test_safe_relative_path() -> None:
     assert storage.safe_relative_path("a/b.json") == Path("a/b.json")
-    for name in ("/etc/passwd", "../x", "a/../../x", ""):
+    for name in ("/etc/passwd", "../x", "a/../../x", "", "a//b", "C:\\x"):
         with pytest.raises(ValueError, match="refusing"):
             storage.safe_relative_path(name)
 
@@ -367,6 +367,17 @@ def test_hub_token_comes_from_hf_token_and_is_never_shown(hub, monkeypatch) -> N
         resolve_model("hf://acme/gated@" + "0" * 40)
     assert "hf_wrong_token_value" not in str(caught.value)
     assert "HF_TOKEN is set" in str(caught.value)
+
+
+def test_a_dry_run_plan_reads_only_config_json_from_the_hub(hub) -> None:
+    from components.train.plan import TrainError, read_base_model_config
+
+    config = read_base_model_config("hf://acme/tiny")
+    assert config["num_hidden_layers"] == 2
+    downloaded = [line for line in requests_made(hub) if line.startswith("GET /acme/")]
+    assert downloaded and all(line.endswith("/config.json") for line in downloaded)
+    with pytest.raises(TrainError, match="no such Hub repository"):
+        read_base_model_config("hf://acme/missing")
 
 
 def test_hub_id_parsing() -> None:

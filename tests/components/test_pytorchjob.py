@@ -32,6 +32,7 @@ from components.resources import (
     EFA_RESOURCE,
     GPU_RESOURCE,
     ResourceProfile,
+    SecretEnv,
     apply_to_pod_spec,
     preset_profiles,
 )
@@ -44,7 +45,6 @@ from components.train.pytorchjob import (
     PyTorchJobFailed,
     PyTorchJobSettings,
     PyTorchJobTimeout,
-    SecretEnv,
     build_pytorchjob,
     cleanup,
     job_name,
@@ -705,3 +705,20 @@ def test_api_timeout_has_a_form_the_kubernetes_client_honours() -> None:
 
     assert isinstance(API_TIMEOUT_S, tuple) and len(API_TIMEOUT_S) == 2
     assert all(isinstance(seconds, int) and seconds > 0 for seconds in API_TIMEOUT_S)
+
+
+def test_the_profiles_secret_env_reaches_every_replica_and_the_jobs_own_wins() -> None:
+    profile = p5_train(
+        secret_env=[
+            SecretEnv(name="HF_TOKEN", secret="profile-hf", key="token"),
+            SecretEnv(name="WANDB_API_KEY", secret="wandb", key="key", optional=True),
+        ]
+    )
+    data = to_dict(build_pytorchjob(make_settings(nodes=2, profile=profile)))
+    for replica in data["spec"]["pytorchReplicaSpecs"].values():
+        (container,) = replica["template"]["spec"]["containers"]
+        env = env_of(container)
+        assert env["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wandb", "key": "key", "optional": True}}
+        # The job's own secret_env names HF_TOKEN too: it wins, and the variable appears once.
+        assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-credentials", "key": "token"}}
+        assert [item["name"] for item in container["env"]].count("HF_TOKEN") == 1

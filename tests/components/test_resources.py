@@ -6,6 +6,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+from pydantic import ValidationError
 
 from components.resources import (
     EFA_LABEL,
@@ -15,10 +16,12 @@ from components.resources import (
     INSTANCE_TYPE_LABEL,
     PRESETS,
     PRIORITY_CLASS_LABEL,
+    PROFILES,
     STEPS,
     PipelineProfiles,
     ProfileConfigError,
     ResourceProfile,
+    SecretEnv,
     Toleration,
     apply_to_pod_spec,
     load_profiles,
@@ -27,8 +30,8 @@ from components.resources import (
     preset_profiles,
 )
 
-GPU_STEPS = ("train", "evaluate", "export", "build")
-CPU_STEPS = ("curate", "rollout", "finalize")
+GPU_STEPS = ("train", "evaluate", "build")
+CPU_STEPS = ("curate", "export", "rollout", "finalize", "train_launcher", "build_repository")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -42,7 +45,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_default_profiles_are_the_p5_preset() -> None:
     assert PipelineProfiles() == preset_profiles("p5") == load_profiles(None)
-    assert set(PipelineProfiles.model_fields) == set(STEPS)
+    assert set(PipelineProfiles.model_fields) == set(PROFILES)
 
 
 @pytest.mark.parametrize(
@@ -63,9 +66,9 @@ def test_gpu_presets(preset: str, instance: str, product: str, efa: int) -> None
     assert memory_bytes(train.shm_size or "0") >= 64 * 2**30
     for step in ("evaluate", "build"):
         profile = profiles.for_step(step)
-        assert profile.gpus == 8 and profile.gpu_product == product
+        # One GPU: what evaluate and a default (tp = pp = 1) engine build use (test_gpu_use.py).
+        assert profile.gpus == 1 and profile.gpu_product == product
         assert profile.efa == 0  # single-pod steps never talk across nodes
-    assert profiles.export.gpus == 1
     for step in CPU_STEPS:
         profile = profiles.for_step(step)
         assert profile.gpus == 0 and profile.efa == 0 and not profile.tolerations
@@ -248,3 +251,32 @@ def test_apply_to_pod_spec_gives_a_valid_pod() -> None:
     kubernetes_validate.validate(pod, "1.30", strict=True)
     with pytest.raises(ValueError, match="no container named missing"):
         apply_to_pod_spec(spec, profile, containers=["missing"])
+
+
+def test_secret_env_becomes_secret_key_refs_on_launched_pods() -> None:
+    profile = preset_profiles("p5").evaluate.model_copy(
+        update={"secret_env": [SecretEnv(name="HF_TOKEN", secret="hf-token", key="token")]}
+    )
+    env = pod_spec_overrides(profile)["container"]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+    assert all("value" not in item for item in env if item["name"] == "HF_TOKEN")
+
+
+@pytest.mark.parametrize(
+    ("secret_env", "message"),
+    [
+        (
+            [
+                {"name": "HF_TOKEN", "secret": "a", "key": "k"},
+                {"name": "HF_TOKEN", "secret": "b", "key": "k"},
+            ],
+            "sets HF_TOKEN more than once",
+        ),
+        ([{"name": "HF TOKEN", "secret": "a", "key": "k"}], "invalid environment variable name"),
+        ([{"name": "HF_TOKEN", "secret": "Not_A_Name", "key": "k"}], "invalid Secret name"),
+        ([{"name": "HF_TOKEN", "secret": "a", "key": "k", "value": "hf_x"}], "Extra inputs"),
+    ],
+)
+def test_secret_env_is_checked(secret_env: list, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ResourceProfile(secret_env=secret_env)

@@ -90,8 +90,42 @@ def test_config_file_and_flags_merge_with_flags_winning(tmp_path):
 def test_invalid_settings_name_the_field(tmp_path):
     from components.train.train import TrainConfig
 
-    with pytest.raises(SystemExit, match=r"lora.r: Input should be greater than or equal to 1"):
+    with pytest.raises(SystemExit, match=r"--lora-r: Input should be greater than or equal to 1"):
         load_step_config(TrainConfig, None, {"base_model": "m", "data": "d", "output": "o", "lora.r": 0})
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"llmft {version('llmft')}"
+
+
+def test_errors_name_the_flag_as_typed_and_never_the_value(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["curate", "--input", "a.jsonl", "--input", " ", "--output", str(tmp_path / "o")])
+    assert str(exit_info.value.code).startswith("llmft: invalid settings: --input: ")
+    assert "inputs contains an empty path" in str(exit_info.value.code)
+    secret = "s3cr3t-t0ken-value"
+    for spelling in ("--learning-rate", "--learning-r"):  # argparse takes unambiguous prefixes too
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--base-model", "m", "--data", "d", "--output", "o", spelling, secret])
+        message = str(exit_info.value.code)
+        assert message.startswith(f"llmft: invalid settings: {spelling}: Input should be a valid number")
+        assert secret not in message and secret not in capsys.readouterr().err
+
+
+def test_errors_name_the_config_file_key_or_the_missing_flag(tmp_path):
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("data: d\noutput: o\nlora:\n  r: 0\nwarmup_ratios: 0.1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(config_file)])
+    message = str(exit_info.value.code)
+    assert f"lora.r in --config {config_file}: Input should be greater than or equal to 1" in message
+    assert f"warmup_ratios in --config {config_file}: Extra inputs are not permitted" in message
+    assert "--base-model (or base_model in a --config file): Field required" in message
 
 
 def test_step_errors_exit_non_zero_with_the_reason(tmp_path, capsys):

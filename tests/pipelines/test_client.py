@@ -117,8 +117,8 @@ def test_unknown_parameter_is_rejected_with_valid_names(package: str) -> None:
     ("overrides", "file_values", "fragment"),
     [
         ([], {}, "missing required pipeline parameter(s): text"),
-        (["text=x", "epochs=five"], {}, "'epochs' is NUMBER_INTEGER"),
-        (["text=x", "dry_run=maybe"], {}, "'dry_run' is BOOLEAN"),
+        (["text=x", "epochs=five"], {}, "'epochs' takes an integer"),
+        (["text=x", "dry_run=maybe"], {}, "'dry_run' takes true or false"),
         (["text=x"], {"tag": 1.1}, "quote it"),
         (["novalue"], {}, "expected KEY=VALUE"),
     ],

@@ -16,6 +16,7 @@ from components.resources import (
     PRIORITY_CLASS_LABEL,
     PipelineProfiles,
     ResourceProfile,
+    SecretEnv,
     merge_profiles,
     preset_profiles,
 )
@@ -115,7 +116,7 @@ def test_apply_step_profile_uses_that_step(tmp_path: Path) -> None:
 
     @dsl.pipeline(name="step-profile-test")
     def one_task() -> None:
-        apply_step_profile(echo(text="hi"), profiles, "export")
+        apply_step_profile(echo(text="hi"), profiles, "evaluate")
 
     path = tmp_path / "pipeline.yaml"
     compiler.Compiler().compile(one_task, str(path))
@@ -133,3 +134,19 @@ def test_run_service_account() -> None:
     split = merge_profiles({"train": {"service_account": "a"}, "rollout": {"service_account": "b"}})
     with pytest.raises(ValueError, match="one service account per run"):
         run_service_account(split)
+
+
+def test_secret_env_is_a_secret_reference_on_the_task_pod(tmp_path: Path) -> None:
+    profile = preset_profiles("p5").evaluate.model_copy(
+        update={"secret_env": [SecretEnv(name="HF_TOKEN", secret="hf-token", key="token")]}
+    )
+    container, platform = compile_one_task(tmp_path, profile)
+    assert platform["secretAsEnv"] == [
+        {
+            "secretName": "hf-token",
+            "secretNameParameter": {"runtimeValue": {"constant": "hf-token"}},
+            "keyToEnv": [{"secretKey": "token", "envVar": "HF_TOKEN"}],
+            "optional": False,
+        }
+    ]
+    assert all(item["name"] != "HF_TOKEN" for item in container.get("env", []))

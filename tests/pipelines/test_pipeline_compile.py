@@ -14,20 +14,28 @@ from components.resources import EFA_LABEL, load_profiles
 from pipelines.compile_pipeline import compile_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
+# Under the default (p5) preset: the GPU tasks of train and build come first in their If; the CPU
+# stand-ins (multi-node launcher, repository without an engine) are train-op and build-op-2.
 STEP_TASKS = {
     "curate": "curate-op",
-    "train": "train-op",
+    "train": "train-op-2",
     "evaluate": "evaluate-op",
     "export": "export-op",
     "build": "build-op",
     "rollout": "rollout-op",
     "finalize": "finalize-op",
 }
+CPU_STAND_INS = {"train_launcher": "train-op", "build_repository": "build-op-2"}
+REQUIRED_PARAMETERS = {"base_model_uri", "train_data_uri", "storage_root"}
+# Placeholders KFP fills with values that differ per run.
+RUN_SPECIFIC = (
+    "{{$.pipeline_job_uuid}}",
+    "{{$.pipeline_job_name}}",
+    "{{$.pipeline_task_uuid}}",
+    "{{$.pipeline_job_create_time",
+)
 EXPECTED_PARAMETERS = {
-    "base_model_uri": "",
-    "train_data_uri": "",
     "eval_data_uri": "",
-    "storage_root": "",
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
@@ -40,7 +48,7 @@ EXPECTED_PARAMETERS = {
     "train_backend": "hf",
     "save_every_steps": 200,
     "num_nodes": 1,
-    "gpus_per_node": 1,
+    "gpus_per_node": 0,
     "sharding": "auto",
     "train_env_from_secrets": "",
     "train_job_cleanup": "keep",
@@ -88,14 +96,55 @@ def test_compile_py_writes_dist_yaml(tmp_path):
     assert yaml.safe_load_all(output.read_text())
 
 
-def test_every_parameter_has_a_default_and_a_description(compiled):
+def test_run_inputs_are_required_and_the_rest_have_a_default(compiled):
     spec, _, _ = compiled
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     for name, expected in EXPECTED_PARAMETERS.items():
         assert parameters[name]["defaultValue"] == pytest.approx(expected), name
     for name, definition in parameters.items():
-        assert "defaultValue" in definition, f"{name} has no default"
+        # The UI asks for a parameter without a default; the client refuses a run without it.
+        required = name in REQUIRED_PARAMETERS
+        assert ("defaultValue" not in definition and not definition.get("isOptional")) == required, name
         assert len(definition.get("description", "")) > 20, f"{name} has no useful description"
+
+
+def test_no_cached_task_takes_a_run_specific_input(compiled):
+    """KFP's cache key covers a task's inputs: one that changes every run would make caching never hit."""
+    spec, _, _ = compiled
+    cached = [task for task in _tasks(spec).values() if task.get("cachingOptions", {}).get("enableCache")]
+    assert {task["taskInfo"]["name"] for task in cached} >= {
+        "Curate data",
+        "LoRA fine-tune",
+        "Evaluate base vs tuned",
+    }
+    for task in cached:
+        text = yaml.safe_dump(task.get("inputs", {}))
+        assert not any(placeholder in text for placeholder in RUN_SPECIFIC), task["taskInfo"]["name"]
+        assert "pipeline_run" not in task.get("inputs", {}).get("parameters", {}), task["taskInfo"]["name"]
+        component = spec["components"][task["componentRef"]["name"]]
+        assert "pipeline_run" not in component.get("inputDefinitions", {}).get("parameters", {})
+
+
+def test_every_task_reads_the_run_id_from_its_pod(compiled):
+    spec, platform, _ = compiled
+    for executor in spec["deploymentSpec"]["executors"]:
+        k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor]
+        assert {"name": "LLMFT_PIPELINE_RUN", "fieldPath": "metadata.labels['pipeline/runid']"} in k8s[
+            "fieldPathAsEnv"
+        ], executor
+
+
+def test_multi_node_train_and_engine_build_are_branches_joined_with_one_of(compiled):
+    spec, _, _ = compiled
+    tasks = _tasks(spec)
+    conditions = {task["taskInfo"]["name"]: task for task in tasks.values() if "triggerPolicy" in task}
+    assert conditions["Several nodes"]["triggerPolicy"]["condition"] == (
+        "int(inputs.parameter_values['pipelinechannel--num_nodes']) > 1"
+    )
+    assert "trtllm-engine" in conditions["Engine build"]["triggerPolicy"]["condition"]
+    # evaluate reads the adapter of whichever train task ran (dsl.OneOf: a condition-branches output).
+    adapter = tasks["evaluate-op"]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"]
+    assert adapter["producerTask"].startswith("condition-branches")
 
 
 def test_dag_shape_gate_and_exit_handler(compiled):
@@ -109,8 +158,9 @@ def test_dag_shape_gate_and_exit_handler(compiled):
         "inputs.parameter_values['pipelinechannel--evaluate-op-Output'] == 'passed'"
     )
     gated = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(gated) == {"export-op", "build-op", "rollout-op"}
-    assert set(tasks["train-op"]["dependentTasks"]) == {"curate-op"}
+    assert {"export-op", "rollout-op"} <= set(gated)
+    # The train tasks sit inside the num_nodes branches, which run after curate.
+    assert set(tasks["condition-branches-2"]["dependentTasks"]) == {"curate-op"}
 
 
 def test_display_names_retries_and_caching(compiled):
@@ -118,7 +168,7 @@ def test_display_names_retries_and_caching(compiled):
     tasks = _tasks(spec)
     for task in STEP_TASKS.values():
         assert tasks[task]["taskInfo"]["name"] != task, f"{task} has no display name"
-    for task in ("curate-op", "train-op", "evaluate-op", "export-op", "build-op", "rollout-op"):
+    for task in ("curate-op", "train-op", "train-op-2", "evaluate-op", "export-op", "build-op", "rollout-op"):
         retry = tasks[task]["retryPolicy"]
         assert retry["maxRetryCount"] == 3 and retry["backoffFactor"] == 2.0, task
     assert tasks["curate-op"]["cachingOptions"]["enableCache"] is True
@@ -148,14 +198,14 @@ def test_gpu_steps_get_gpus_shm_tolerations_and_node_selector(compiled, step):
 
 def test_train_carries_efa_as_a_pod_label_not_a_second_extended_resource(compiled):
     spec, platform, _ = compiled
-    container, k8s = _executor(spec, platform, "train-op")
+    container, k8s = _executor(spec, platform, STEP_TASKS["train"])
     assert k8s["podMetadata"]["labels"][EFA_LABEL] == str(load_profiles(None, preset="p5").train.efa)
     assert "vpc.amazonaws.com/efa" not in str(container["resources"])
 
 
 def test_cpu_steps_request_no_gpu(compiled):
     spec, platform, _ = compiled
-    for task in ("curate-op", "rollout-op", "finalize-op"):
+    for task in ("curate-op", "export-op", "rollout-op", "finalize-op", *CPU_STAND_INS.values()):
         container, k8s = _executor(spec, platform, task)
         assert "accelerator" not in container.get("resources", {}), task
         assert EFA_LABEL not in k8s.get("podMetadata", {}).get("labels", {}), task
@@ -164,7 +214,8 @@ def test_cpu_steps_request_no_gpu(compiled):
 def test_images_come_from_the_images_file(compiled):
     spec, _, _ = compiled
     images = load_images()
-    for step, task in STEP_TASKS.items():
+    image_steps = {**STEP_TASKS, "train": "train-op", "build": "build-op-2"}
+    for step, task in [*STEP_TASKS.items(), *image_steps.items()]:
         container = spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"]
         assert container["image"] == images.for_step(step), step
 
@@ -176,7 +227,7 @@ def test_profile_overrides_reach_the_yaml(tmp_path):
     )
     path = compile_pipeline(tmp_path / "custom.yaml", profiles_file=str(overrides))
     spec, platform = yaml.safe_load_all(path.read_text())
-    container, k8s = _executor(spec, platform, "train-op")
+    container, k8s = _executor(spec, platform, STEP_TASKS["train"])
     assert container["resources"]["accelerator"]["resourceCount"] == "4"
     assert k8s["emptyDirMounts"][0]["sizeLimit"] == "32Gi"
     assert k8s["nodeSelector"]["labels"]["team"] == "llm"

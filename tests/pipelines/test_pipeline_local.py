@@ -128,3 +128,16 @@ def test_failing_step_is_recorded_by_the_exit_handler(tmp_path, capsys):
     outcome = json.loads((run_dir / "outcome.json").read_text())
     assert outcome["state"] == "FAILED" and outcome["succeeded"] is False
     assert {path.stem for path in (run_dir / "summaries").glob("*.json")} == {"curate", "finalize"}
+
+
+def test_second_run_with_equal_inputs_reuses_the_outputs(finished_run):
+    """Outputs are addressed by what produced them: a rerun lands on the same curated data and adapter."""
+    again = local.run_local(finished_run.workdir, overrides=FAST)
+    assert again.succeeded, again.outcome
+    assert again.pipeline_run != finished_run.pipeline_run
+    for step, field in (("curate", "output"), ("train", "adapter")):
+        assert again.summaries[step]["result"][field] == finished_run.summaries[step]["result"][field], step
+    assert (
+        again.summaries["curate"]["result"]["dataset_sha256"]
+        == finished_run.summaries["curate"]["result"]["dataset_sha256"]
+    )
