@@ -44,6 +44,10 @@ def import_model(source: str, destination: str, cache_root: str | Path | None = 
     if source.rstrip("/") == destination.rstrip("/"):
         raise ValueError(f"SRC and DEST are the same place ({source}): import copies a model elsewhere")
     resolved = resolve_model(source, cache_root=cache_root)
+    existing = _existing_copy(destination, resolved)
+    if existing is not None:
+        log.info("%s already holds %s (digest %s)", destination, source, existing.digest)
+        return ImportResult(resolved, destination, existing.digest, len(existing.files), existing.total_size)
     metadata = {"source": source, "source_digest": resolved.digest}
     if resolved.revision:
         metadata["source_revision"] = resolved.revision
@@ -62,6 +66,22 @@ def import_model(source: str, destination: str, cache_root: str | Path | None = 
         digest=manifest.digest,
         files=len(manifest.files),
         size=manifest.total_size,
+    )
+
+
+def _existing_copy(destination: str, resolved: ModelSource) -> storage.Manifest | None:
+    """The manifest of an earlier, complete import of the same model at `destination`; None if the
+    place is empty. Anything else there is refused: an import never mixes its files with others."""
+    if not storage.exists(destination):
+        return None
+    if not storage.is_s3(destination) and Path(destination).is_dir() and not any(Path(destination).iterdir()):
+        return None
+    if storage.exists(storage.join(destination, storage.MANIFEST_NAME)):
+        manifest = storage.require_complete(destination)
+        if manifest.producer == PRODUCER and manifest.metadata.get("source_digest") == resolved.digest:
+            return manifest
+    raise ValueError(
+        f"DEST {destination} is not empty and holds no earlier import of this model: choose an empty place"
     )
 
 

@@ -411,6 +411,13 @@ def test_model_import_round_trip(plain_model, tmp_path, capsys) -> None:
     assert manifest.metadata["source"] == str(plain_model)
     imported = resolve_model(str(destination))
     assert imported.digest == manifest.digest
+    # Importing again is a no-op; another model, or a place holding other files, is refused.
+    assert main(["model", "import", str(plain_model), str(destination)]) == 0
+    assert storage.read_manifest(str(destination)).created_at == manifest.created_at
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert main(["model", "import", str(plain_model), str(tmp_path / "taken")]) == 1
+    assert "is not empty and holds no earlier import" in capsys.readouterr().err
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
