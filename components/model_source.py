@@ -293,7 +293,15 @@ def directory_digest(root: Path, cache_root: str | Path | None = None) -> str:
     with contextlib.suppress(OSError, ValueError):  # no record yet, or a damaged one: hash again
         known = json.loads(record_path.read_text(encoding="utf-8"))
     entries, record = [], {}
-    for name, size in list_model_files(root).items():
+    files = list_model_files(root)
+    if not known:
+        log.info(
+            "hashing %d files (%.1f GB) of %s for its digest (once)",
+            len(files),
+            sum(files.values()) / 1e9,
+            root,
+        )
+    for name, size in files.items():
         stat = (root / name).stat()
         cached = known.get(name)
         unchanged = isinstance(cached, dict) and (cached.get("size"), cached.get("mtime_ns")) == (
