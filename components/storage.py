@@ -125,14 +125,63 @@ def upload_file(local_path: str | Path, uri: str) -> None:
         shutil.copyfile(local_path, uri)
 
 
-def _list_s3_sizes(uri: str) -> dict[str, int]:
-    """Every object under an S3 "directory": its path relative to `uri` and its size."""
+@dataclass(frozen=True)
+class S3Object:
+    """One object of a listing: its size and ETag (which changes when the object is replaced)."""
+
+    size: int
+    etag: str
+
+
+def list_s3_objects(uri: str) -> dict[str, S3Object]:
+    """Every object under an S3 "directory": its key relative to `uri`, with size and ETag.
+
+    Keys are returned as S3 holds them; a caller that turns them into local paths must refuse
+    ones with `..` or absolute parts (see `safe_relative_path`).
+    """
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-    sizes: dict[str, int] = {}
+    objects: dict[str, S3Object] = {}
     for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        sizes.update((item["Key"][len(prefix) :], item["Size"]) for item in page.get("Contents", []))
-    return sizes
+        for item in page.get("Contents", []):
+            objects[item["Key"][len(prefix) :]] = S3Object(size=item["Size"], etag=item.get("ETag", ""))
+    return objects
+
+
+def read_s3_head(uri: str, n_bytes: int) -> bytes:
+    """The first `n_bytes` of an S3 object (fewer if it is shorter), with one ranged GET."""
+    if n_bytes <= 0:
+        return b""
+    bucket, key = split_s3(uri)
+    response = _s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n_bytes - 1}")
+    return response["Body"].read()
+
+
+def path_problem(path: object) -> str | None:
+    """Why a file name from elsewhere (a manifest entry, an S3 key) could land outside its directory.
+
+    Only plain relative POSIX paths below the directory are accepted; None when `path` is one.
+    """
+    if not isinstance(path, str) or not path:
+        return "is not a file name"
+    if path.startswith("/") or "\\" in path or "\0" in path or path[1:2] == ":":
+        return "is absolute or not a plain POSIX path"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "has an empty, '.' or '..' part: it could resolve outside its directory"
+    return None
+
+
+def safe_relative_path(name: str) -> Path:
+    """`name` as a relative path that cannot leave the directory it is joined to; ValueError otherwise."""
+    problem = path_problem(name)
+    if problem:
+        raise ValueError(f"refusing {name!r}: it {problem}")
+    return Path(name)
+
+
+def _list_s3_sizes(uri: str) -> dict[str, int]:
+    """Every object under an S3 "directory": its path relative to `uri` and its size."""
+    return {name: item.size for name, item in list_s3_objects(uri).items()}
 
 
 def _list_s3(uri: str) -> list[str]:
@@ -238,12 +287,9 @@ def _entry_problem(entry: FileEntry) -> str | None:
     A manifest comes from wherever the directory lives (a bucket others may write), and its paths
     become local file names: only plain relative paths below the directory are accepted.
     """
-    if not isinstance(entry.path, str) or not entry.path:
-        return "is not a file name"
-    if entry.path.startswith("/") or "\\" in entry.path or "\0" in entry.path or entry.path[1:2] == ":":
-        return "is absolute or not a plain POSIX path"
-    if any(part in ("", ".", "..") for part in entry.path.split("/")):
-        return "has an empty, '.' or '..' part: it could resolve outside its directory"
+    problem = path_problem(entry.path)
+    if problem:
+        return problem
     if entry.path == MANIFEST_NAME:
         return "is the manifest itself"
     if not isinstance(entry.size, int) or isinstance(entry.size, bool) or entry.size < 0:

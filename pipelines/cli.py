@@ -4,7 +4,8 @@ Step subcommands (`llmft curate|train|evaluate|export|build|rollout`) are genera
 each step's typed config: every field becomes a `--flag` with the field's description as
 help, and `--config file.yaml` supplies any of them (flags win). They call the very
 function the KFP component calls. `llmft local` runs the whole pipeline under kfp.local;
-`llmft submit` / `llmft schedule` talk to a Kubeflow Pipelines endpoint.
+`llmft submit` / `llmft schedule` talk to a Kubeflow Pipelines endpoint; `llmft model import`
+copies a model to a checked, pinned place.
 """
 
 from __future__ import annotations
@@ -343,7 +344,7 @@ def build_parser(step: str | None = None) -> argparse.ArgumentParser:
         _add_step_parser(commands, step)
         return parser
 
-    from pipelines import client, compile_pipeline, local
+    from pipelines import client, compile_pipeline, local, model_import
 
     local_parser = commands.add_parser("local", help="run the whole pipeline on this machine under kfp.local")
     local.add_arguments(local_parser)
@@ -359,6 +360,9 @@ def build_parser(step: str | None = None) -> argparse.ArgumentParser:
     schedule_parser = commands.add_parser("schedule", help="create a recurring run on Kubeflow Pipelines")
     client.add_schedule_arguments(schedule_parser)
     schedule_parser.set_defaults(handler=client.schedule_command)
+
+    model_parser = commands.add_parser("model", help="bring your own model: `llmft model import SRC DEST`")
+    model_import.add_arguments(model_parser)
 
     for name in STEP_COMMANDS:
         _add_step_parser(commands, name)

@@ -148,7 +148,8 @@ def build_pipeline(
 
         Args:
             base_model_uri: Base model to fine-tune: a Hugging Face checkpoint directory (s3://bucket/path
-                or a path on a mounted volume) with an llmft manifest. Required.
+                or a path on a mounted volume; an llmft manifest is optional) or a Hub id
+                hf://org/name[@revision] (token from HF_TOKEN in the pod's environment). Required.
             train_data_uri: Raw instruction data: one or more JSONL/JSONL.gz files (s3:// or paths),
                 comma-separated. Formats: {"input","output"}, {"prompt","completion"} or chat {"messages"}.
                 Required.

@@ -52,6 +52,7 @@ from components.build.trtllm_engine import (
 )
 from components.build.trtllm_settings import TritonTrtllmSettings, TrtllmSettings
 from components.images import ImagesConfigError, image_for_step
+from components.model_source import MODEL_HELP, resolve_model
 from components.prompt import PROMPT_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class BuildError(ValueError):
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Merged HF checkpoint directory (path or s3://); it must have a manifest.")
+    model: str = Field(description=f"Merged model to serve: {MODEL_HELP}.")
     output: str = Field(description="Where to write the Triton model repository (path or s3://).")
     serving_mode: Literal["hf", "trtllm-engine", "trtllm-llmapi"] = Field(
         default="hf",
@@ -438,9 +439,10 @@ def build(config: BuildConfig) -> BuildResult:
     """Build the Triton model repository for `config.serving_mode` and publish it to `config.output`."""
     # Before anything is read or written: an engine build outside the trtllm image fails here.
     target = _engine_target(config) if config.serving_mode == ENGINE_MODE else None
-    source = storage.require_complete(config.model)
+    # An llmft export, a plain HF checkpoint (path or s3://) or hf://: checked before the output is touched.
+    source = resolve_model(config.model)
     _check_output(config.output)
-    checkpoint = storage.localize_dir(config.model)
+    checkpoint = source.local_dir
     with tempfile.TemporaryDirectory(prefix="llmft-build-") as staging_dir:
         staging = Path(staging_dir)
         if config.serving_mode == "hf":
@@ -455,6 +457,7 @@ def build(config: BuildConfig) -> BuildResult:
             "model_name": config.model_name,
             "source_model": config.model,
             "source_digest": source.digest,
+            **({"source_revision": source.revision} if source.revision else {}),
             **mode_metadata,
         }
         if config.serving_mode in TRTLLM_MODES:

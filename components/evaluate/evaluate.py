@@ -43,6 +43,7 @@ from components.evaluate.production import (
     find_production,
 )
 from components.evaluate.report import render_report
+from components.model_source import BASE_MODEL_HELP, HUB_SCHEME, ModelSource, resolve_model
 from components.records import Record, read_records
 from components.tracking import NULL_TRACKER, Tracker
 from components.train.data import EncodedExample, encode_record, prompt_ids
@@ -86,9 +87,7 @@ class GateThresholds(BaseModel):
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str = Field(
-        min_length=1, description="Base model: Hugging Face checkpoint directory (path or s3://)."
-    )
+    base_model: str = Field(min_length=1, description=BASE_MODEL_HELP)
     adapter: str = Field(
         min_length=1, description="LoRA adapter directory written by train (path or s3://, HF PEFT format)."
     )
@@ -293,9 +292,13 @@ def load_train_curves(uri: str) -> dict[str, list[tuple[float, float]]]:
 def _same_model(candidate: str, base_uri: str, base_dir: Path, base_digest: str) -> bool | None:
     """True/False when `candidate` is known to be / not to be the base model; None when it cannot be told."""
     if candidate == base_uri or (
-        not storage.is_s3(candidate) and Path(candidate).resolve() == base_dir.resolve()
+        not storage.is_s3(candidate)
+        and not candidate.startswith(HUB_SCHEME)
+        and Path(candidate).resolve() == base_dir.resolve()
     ):
         return True
+    if candidate.startswith(HUB_SCHEME):
+        return None  # a Hub id is compared through the recorded digest (see check_adapter_identity)
     try:
         if not storage.exists(candidate):
             return None  # e.g. a hub name, or a path on the machine that trained
@@ -306,22 +309,33 @@ def _same_model(candidate: str, base_uri: str, base_dir: Path, base_digest: str)
         return None
 
 
-def check_adapter_identity(adapter_dir: Path, adapter_uri: str, base_uri: str, base_dir: Path) -> None:
+def _same_digest(recorded: object, base_digest: str) -> bool | None:
+    """Compare the base model digest train recorded with this one's: content digests (64 hex) differ
+    only for different files; a Hub commit (40 hex) and a content digest cannot be compared."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    if recorded == base_digest:
+        return True
+    return False if len(recorded) == len(base_digest) == 64 else None
+
+
+def check_adapter_identity(adapter_dir: Path, adapter_uri: str, base: ModelSource) -> None:
     """Refuse an adapter recorded as trained on another base model (by content, not by path)."""
+    base_uri, base_dir = base.uri, base.local_dir
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
         raise EvaluateError(f"{adapter_uri} is not a PEFT adapter directory: it has no adapter_config.json")
     adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    # train records the base URI in the manifest; PEFT records the local path it loaded from.
-    candidates = [
-        storage.read_manifest(adapter_uri).metadata.get("base_model"),
-        adapter_config.get("base_model_name_or_path"),
-    ]
+    metadata = storage.read_manifest(adapter_uri).metadata
+    # train records the base URI (and its digest) in the manifest; PEFT records the local path it loaded from.
+    candidates = [metadata.get("base_model"), adapter_config.get("base_model_name_or_path")]
     candidates = [c for c in candidates if isinstance(c, str) and c]
-    base_digest = storage.read_manifest(base_uri).digest
     verdicts = {
-        candidate: _same_model(candidate, base_uri, base_dir, base_digest) for candidate in candidates
+        candidate: _same_model(candidate, base_uri, base_dir, base.digest) for candidate in candidates
     }
+    by_digest = _same_digest(metadata.get("base_model_digest"), base.digest)
+    if by_digest is not None:  # the recorded content digest decides, wherever the model lies now
+        verdicts = {str(metadata.get("base_model") or "recorded in the adapter's manifest"): by_digest}
     if any(verdicts.values()):
         return
     if False in verdicts.values():
@@ -559,9 +573,10 @@ def evaluate(config: EvaluateConfig, tracker: Tracker = NULL_TRACKER) -> Evaluat
     # Every cheap input check runs before the model load, which can take minutes.
     val_records = load_val_records(storage.localize_dir(config.data))
     curves = load_train_curves(config.train_metrics) if config.train_metrics else None
-    base_dir = storage.localize_dir(config.base_model)
+    base_source = resolve_model(config.base_model)  # llmft dir, plain HF checkpoint (path or s3://), hf://
+    base_dir = base_source.local_dir
     adapter_dir = storage.localize_dir(config.adapter)
-    check_adapter_identity(adapter_dir, config.adapter, config.base_model, base_dir)
+    check_adapter_identity(adapter_dir, config.adapter, base_source)
     lookup = find_production(tracker.tracking_uri, config.registered_model_name, config.production_alias)
     production_dir = _localize_production(lookup)
 
@@ -642,6 +657,7 @@ def evaluate(config: EvaluateConfig, tracker: Tracker = NULL_TRACKER) -> Evaluat
         "gate": {"passed": passed, "reasons": reasons, "thresholds": config.gate.model_dump()},
         "data": data_summary,
         "inputs": inputs,
+        "base_model_lineage": base_source.lineage(),
         "settings": config.model_dump(include={"max_eval_records", "max_new_tokens", "max_length", "seed"}),
         "device": device,
         "runtime_s": round(time.perf_counter() - started, 3),
@@ -678,6 +694,7 @@ def _publish(
             producer=PRODUCER,
             metadata={
                 "passed": passed,
+                **metrics_doc["base_model_lineage"],
                 **{key: metrics_doc["inputs"][key] for key in ("base_model", "adapter", "data")},
             },
         )

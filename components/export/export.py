@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components import storage
+from components.model_source import BASE_MODEL_HELP, resolve_model
 from components.tracking import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,7 @@ class ExportError(ValueError):
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str = Field(
-        min_length=1, description="Base model: Hugging Face checkpoint directory (path or s3://)."
-    )
+    base_model: str = Field(min_length=1, description=BASE_MODEL_HELP)
     adapter: str = Field(
         min_length=1, description="LoRA adapter directory (HF PEFT format) written by train."
     )
@@ -73,7 +72,8 @@ def export(config: ExportConfig, tracker: Tracker = NULL_TRACKER) -> ExportResul
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_dir = storage.localize_dir(config.base_model)
+    base = resolve_model(config.base_model)  # an llmft dir, a plain HF checkpoint (path or s3://) or hf://
+    base_dir = base.local_dir
     adapter_dir = storage.localize_dir(config.adapter)
     log.info(
         "merging %s into %s (adapter trained on %s)",
@@ -102,11 +102,11 @@ def export(config: ExportConfig, tracker: Tracker = NULL_TRACKER) -> ExportResul
             staging,
             config.output,
             producer="llmft.export",
-            metadata={"base_model": config.base_model, "adapter": config.adapter, **config.lineage},
+            metadata={**base.lineage(), "adapter": config.adapter, **config.lineage},
         )
     tags = {
         **config.lineage,
-        "base_model": config.base_model,
+        **base.lineage(),
         "adapter": config.adapter,
         "checkpoint_sha256": manifest.digest,
     }

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from components import storage
+from components.model_source import resolve_model
 from components.records import read_records
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def run_recipe(config: Any, total_steps: int, nproc_per_node: int, workdir: Path
     """Write the dataset, template and YAML, run AutoModel; return its checkpoint directory."""
     require_nemo_automodel()
     data_dir = storage.localize_dir(config.data)
-    model_dir = storage.localize_dir(config.base_model)
+    model_dir = resolve_model(config.base_model).local_dir
     workdir.mkdir(parents=True, exist_ok=True)
     dataset_path = workdir / "train_messages.jsonl"
     records = write_chat_dataset(data_dir / "train.jsonl", dataset_path)
@@ -253,8 +254,13 @@ def run_recipe(config: Any, total_steps: int, nproc_per_node: int, workdir: Path
     return checkpoint_dir
 
 
-def publish_adapter(adapter_dir: Path, base_model: str, destination: str, steps: int) -> None:
-    """Publish AutoModel's adapter (PEFT format) with our manifest, pointing at our base model URI."""
+def publish_adapter(
+    adapter_dir: Path, base_model: str, destination: str, steps: int, lineage: dict[str, str] | None = None
+) -> None:
+    """Publish AutoModel's adapter (PEFT format) with our manifest, pointing at our base model URI.
+
+    `lineage`: the base model's digest and Hub commit (`ModelSource.lineage()`), recorded beside it.
+    """
     with tempfile.TemporaryDirectory() as staging:
         for path in adapter_dir.iterdir():
             if path.is_file():
@@ -266,5 +272,5 @@ def publish_adapter(adapter_dir: Path, base_model: str, destination: str, steps:
             staging,
             destination,
             producer="llmft.train",
-            metadata={"base_model": base_model, "steps": steps, "backend": "nemo"},
+            metadata={**(lineage or {}), "base_model": base_model, "steps": steps, "backend": "nemo"},
         )

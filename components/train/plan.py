@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from components import storage
+from components.model_source import HUB_SCHEME, ModelNotFoundError, read_hub_config
 from components.train.distributed import decide_sharding
 from components.train.memory import MemoryPlan, plan_checkpointing
 
@@ -162,14 +163,17 @@ def checkpointed_layers(
 
 
 def read_base_model_config(uri: str) -> dict[str, Any]:
-    """The base model's config.json, from a local directory or s3://.
+    """The base model's config.json, from a local directory, s3:// or the Hub (that file only).
 
-    Kept to this one function so a model-source resolver (Hub ids, plain checkpoints) can
-    take its place.
+    The run itself checks the whole checkpoint (components/model_source.py); a plan reads no weights.
     """
+    if uri.startswith(HUB_SCHEME):
+        try:
+            return read_hub_config(uri)
+        except ModelNotFoundError as error:  # a wrong id is a fault of the settings; a network error is not
+            raise TrainError(str(error)) from error
     if "://" in uri and not storage.is_s3(uri):
-        # Not a fault of the settings: the run resolves such sources itself.
-        raise ValueError(f"{uri}: the plan reads config.json from a local directory or s3:// only")
+        raise TrainError(f"{uri}: a model is a directory (path or s3://) or hf://org/name[@revision]")
     config_uri = storage.join(uri, "config.json")
     if not storage.exists(config_uri):
         raise TrainError(f"not a Hugging Face checkpoint: no config.json in {uri}")

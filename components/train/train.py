@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components import storage
+from components.model_source import BASE_MODEL_HELP, resolve_model
 from components.records import Record, read_records
 from components.tracking import NULL_TRACKER, Tracker
 from components.train import distributed
@@ -71,9 +72,7 @@ class LoraSettings(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str = Field(
-        min_length=1, description="Base model: Hugging Face checkpoint directory (path or s3://)."
-    )
+    base_model: str = Field(min_length=1, description=BASE_MODEL_HELP)
     data: str = Field(
         min_length=1, description="Curated dataset directory (train.jsonl, val.jsonl) written by curate."
     )
@@ -596,7 +595,11 @@ def _train_with_nemo(config: TrainConfig, tracker: Tracker) -> TrainResult:
         tracker.log_metrics({"train_loss": loss}, step=step)
     adapter_uri = storage.join(config.output, "adapter")
     nemo_backend.publish_adapter(
-        nemo_backend.latest_adapter_dir(checkpoint_dir), config.base_model, adapter_uri, total_steps
+        nemo_backend.latest_adapter_dir(checkpoint_dir),
+        config.base_model,
+        adapter_uri,
+        total_steps,
+        lineage=resolve_model(config.base_model).lineage(),  # resolved by run_recipe: cached, no download
     )
     runtime = time.perf_counter() - started
     window = max(len(curve) // 10, 1)
@@ -651,7 +654,8 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     if not train_records:
         raise TrainError(f"{data_dir / 'train.jsonl'} holds no records: nothing to train on")
 
-    model_dir = storage.localize_dir(config.base_model)
+    base = resolve_model(config.base_model)  # an llmft dir, a plain HF checkpoint (path or s3://) or hf://
+    model_dir = base.local_dir
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -713,9 +717,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     token_budget = config.micro_batch_size * config.max_length
 
     checkpoints = config.checkpoint_uri or storage.join(config.output, "checkpoints")
-    settings = _resume_settings(
-        config, storage.read_manifest(config.base_model).digest, storage.read_manifest(config.data).digest
-    )
+    settings = _resume_settings(config, base.digest, storage.read_manifest(config.data).digest)
     resumed_from = _checkpoint_to_resume(config, checkpoints, settings, total_steps)
     if resumed_from:
         _load_adapter(resumed_from, peft_model)
@@ -874,7 +876,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
         with tempfile.TemporaryDirectory() as staging:
             peft_model.save_pretrained(staging, state_dict=adapter_state)
             tokenizer.save_pretrained(staging)
-            metadata = {"base_model": config.base_model, "steps": progress.step}
+            metadata = {**base.lineage(), "steps": progress.step}
             storage.publish_dir(staging, adapter_uri, producer="llmft.train", metadata=metadata)
         # NaN (no validation records) is not valid JSON: it is written as null.
         finite_val = val_loss if math.isfinite(val_loss) else None

@@ -17,6 +17,7 @@ from components import storage
 from components.build.build import BuildConfig, BuildError, build
 from components.build.pbtxt import Ident, map_entries, quote, to_pbtxt
 from components.build.triton_hf import MODEL_FILE, HfModelSettings, render_model_config
+from components.model_source import ModelSourceError
 from components.prompt import PROMPT_TEMPLATE
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
 
@@ -150,10 +151,13 @@ def test_fp8_needs_the_engine_mode():
 
 
 def test_incomplete_model_is_refused(tiny_model, tmp_path):
+    # A plain checkpoint needs no manifest, but it must be whole: a truncated weights file is named.
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     (model / storage.MANIFEST_NAME).unlink()
-    with pytest.raises(storage.IncompleteDirectoryError):
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(ModelSourceError, match=r"model\.safetensors is truncated"):
         build(BuildConfig(model=str(model), output=str(tmp_path / "repository")))
     assert not (tmp_path / "repository").exists()
 

@@ -119,6 +119,7 @@ def test_export_to_s3_is_registered_in_mlflow(tiny_base_model, adapter, s3_bucke
     assert version.tags == {
         **lineage,
         "base_model": tiny_base_model,
+        "base_model_digest": storage.read_manifest(tiny_base_model).digest,
         "adapter": adapter,
         "checkpoint_sha256": result.manifest_digest,
     }

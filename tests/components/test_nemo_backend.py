@@ -158,9 +158,14 @@ def test_collects_and_publishes_the_newest_adapter(tmp_path):
     assert nemo_backend.latest_adapter_dir(checkpoints) == newest
     curve, _, _ = nemo_backend.read_losses(checkpoints)
     assert curve[0] == (1, 3.0) and len(curve) == 10
-    nemo_backend.publish_adapter(newest, "s3://bucket/base", str(tmp_path / "adapter"), steps=10)
+    lineage = {"base_model": "s3://bucket/base", "base_model_digest": "d" * 64}
+    nemo_backend.publish_adapter(
+        newest, "s3://bucket/base", str(tmp_path / "adapter"), steps=10, lineage=lineage
+    )
     manifest = storage.require_complete(str(tmp_path / "adapter"))
     assert manifest.metadata["backend"] == "nemo"
+    # The base model's digest travels with the adapter, as the hf backend's does.
+    assert manifest.metadata["base_model_digest"] == "d" * 64
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())[
         "base_model_name_or_path"
     ] == ("s3://bucket/base")
