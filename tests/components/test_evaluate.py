@@ -125,21 +125,31 @@ def _scores(exact_match: float, val_loss: float = 1.0) -> ModelScores:
     )
 
 
+GAIN_5 = GateThresholds(min_exact_match_gain=0.05)
+
+
+def test_gate_default_asks_the_tuned_model_not_to_lose_to_the_base():
+    assert decide_gate(_scores(0.5), _scores(0.5), GateThresholds())[0]
+    passed, reasons = decide_gate(_scores(0.5), _scores(0.48), GateThresholds())
+    assert not passed
+    assert reasons[0] == "exact_match gain -0.020 < 0.000 (required >= 0.000)"
+
+
 def test_gate_passes_with_reasons_for_every_threshold():
-    passed, reasons = decide_gate(_scores(0.0), _scores(0.62), GateThresholds())
+    passed, reasons = decide_gate(_scores(0.0), _scores(0.62), GAIN_5)
     assert passed
     assert reasons == ["exact_match gain 0.620 >= 0.050", "tuned exact_match 0.620 >= 0.000"]
 
 
 def test_gate_fails_on_too_small_a_gain():
-    passed, reasons = decide_gate(_scores(0.5), _scores(0.52), GateThresholds())
+    passed, reasons = decide_gate(_scores(0.5), _scores(0.52), GAIN_5)
     assert not passed
     assert reasons[0] == "exact_match gain 0.020 < 0.050 (required >= 0.050)"
 
 
 def test_gate_gain_at_the_threshold_passes_despite_float_rounding():
     assert 0.30 - 0.25 < 0.05  # the float arithmetic the tolerance is for
-    passed, _ = decide_gate(_scores(0.25), _scores(0.30), GateThresholds())
+    passed, _ = decide_gate(_scores(0.25), _scores(0.30), GAIN_5)
     assert passed
 
 
@@ -164,7 +174,7 @@ def test_gate_max_val_loss():
 
 
 def test_summary_table_and_gate_line():
-    passed, reasons = decide_gate(_scores(0.0, 7.5), _scores(0.625, 1.5), GateThresholds())
+    passed, reasons = decide_gate(_scores(0.0, 7.5), _scores(0.625, 1.5), GAIN_5)
     result = EvaluateResult(
         output="out", base=_scores(0.0, 7.5), tuned=_scores(0.625, 1.5), passed=passed, reasons=reasons
     )
