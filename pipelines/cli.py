@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import signal
 import sys
 import types
 import typing
@@ -389,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("failure", exc_info=True)
         print(f"llmft {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a fault: one line, and the shell's status for SIGINT.
+        # Every step cleans up on the way out (its `finally` blocks ran before this).
+        log.debug("interrupted", exc_info=True)
+        print(f"llmft {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

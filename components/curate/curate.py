@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import zlib
@@ -39,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from components import storage
-from components.curate import formats, pii
+from components.curate import formats, pii, workdirs
 from components.curate.decontaminate import NgramIndex
 from components.curate.filters import QualitySettings
 from components.curate.formats import REASON_STAGES, REJECT_REASONS, STAGES, Rejection
@@ -448,6 +449,8 @@ class _Sink:
         self.examples: dict[str, list[dict[str, Any]]] = {}
         # PII matches by type: replaced (pii="redact") or found in rejected records (pii="reject").
         self.pii_found: Counter[str] = Counter()
+        # Kept records in which normalization replaced control characters by a space.
+        self.control_characters_replaced = 0
 
     def keep(
         self,
@@ -590,6 +593,8 @@ def build_stats(
             for stage in STAGES
         },
         "pii": {pii_type: sink.pii_found[pii_type] for pii_type in pii.PII_TYPES if sink.pii_found[pii_type]},
+        # Kept records whose text normalization changed beyond whitespace, line ends and NFC.
+        "normalization": {"control_characters_replaced": sink.control_characters_replaced},
         "per_source": {
             uri: {
                 "role": tally.role,
@@ -641,19 +646,119 @@ def _prepare_local_output(output: str) -> Path:
     if path.is_dir():
         # publish_dir lists every file in the directory, so refuse to adopt unrelated files.
         ours = (*OUTPUT_FILES, storage.MANIFEST_NAME)
-        foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in ours)
+        foreign = sorted(
+            entry.name
+            for entry in path.iterdir()
+            if entry.name not in ours and not entry.name.startswith(STAGING_PREFIX)
+        )
         if foreign:
             raise CurateError(
                 f"output directory {output} holds files curate does not write ({', '.join(foreign[:5])}); "
                 "use a new or empty directory"
             )
+        for staging in sorted(path.glob(f"{STAGING_PREFIX}*")):
+            writer = workdirs.running_owner(staging)
+            if writer is not None:
+                raise CurateError(
+                    f"another curate (process {writer}) is writing to {output}; wait for it to end "
+                    "or use another output directory"
+                )
     try:
         path.mkdir(parents=True, exist_ok=True)
         # An earlier run's manifest goes before any file changes, so a failed re-run never looks complete.
         (path / storage.MANIFEST_NAME).unlink(missing_ok=True)
+        # What a killed run staged here (publish_dir would list it as part of the dataset).
+        for staging in sorted(path.glob(f"{STAGING_PREFIX}*")):
+            log.info("curate: removing %s, left by a curate run that was killed", staging)
+            shutil.rmtree(staging)
     except OSError as error:
         raise CurateError(f"output {output} is not writable: {error}") from error
     return path
+
+
+def _curate_to_local(config: CurateConfig) -> tuple[dict[str, Any], storage.Manifest]:
+    """Curate into a staging directory inside the output, then give the files their names.
+
+    A run killed before that leaves the earlier run's files as they were (without their
+    manifest, removed first), never new records beside an old stats.json.
+    """
+    output = _prepare_local_output(config.output)
+    with workdirs.owned_dir(STAGING_PREFIX, parent=output) as staging:
+        stats, sha256 = _curate_into(config, staging)
+        failure = _failure_message(config, stats)
+        # A failed run's files still take their names (without a manifest): rejects.jsonl says why.
+        _promote(staging, output, config.output)
+    if failure:
+        raise CurateError(failure)
+    _warn_if_no_val(config, stats)
+    with _writing_to(config.output):
+        manifest = storage.publish_dir(
+            output, config.output, producer=PRODUCER, metadata=_metadata(config, stats), sha256=sha256
+        )
+    return stats, manifest
+
+
+def _curate_to_s3(config: CurateConfig) -> tuple[dict[str, Any], storage.Manifest]:
+    """Curate into a local directory of this run, then upload (records first, manifest last)."""
+    with _writing_to(config.output):
+        # Before the first byte: from now on the prefix is visibly unfinished.
+        _invalidate_s3_output(config.output)
+    with workdirs.owned_dir(_UPLOAD_PREFIX) as directory:
+        stats, sha256 = _curate_into(config, directory)
+        failure = _failure_message(config, stats)
+        with _writing_to(config.output):
+            # The earlier run's files go before the new ones arrive: an upload cut short leaves
+            # some of the new files (each whole), never a new stats.json beside old records.
+            _remove_s3_outputs(config.output)
+            if failure:
+                _upload_partial(directory, config.output)
+        if failure:
+            raise CurateError(failure)
+        _warn_if_no_val(config, stats)
+        with _writing_to(config.output):
+            manifest = storage.publish_dir(
+                directory, config.output, producer=PRODUCER, metadata=_metadata(config, stats), sha256=sha256
+            )
+    return stats, manifest
+
+
+def _warn_if_no_val(config: CurateConfig, stats: Mapping[str, Any]) -> None:
+    if config.val_fraction > 0 and stats["kept"]["val"] == 0:
+        log.warning("curate: val.jsonl is empty: too few records for val_fraction=%g", config.val_fraction)
+
+
+def _metadata(config: CurateConfig, stats: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "train_records": stats["kept"]["train"],
+        "val_records": stats["kept"]["val"],
+        "rejected": stats["rejected"]["total"],
+        "input_records": stats["input_records"],
+        "eval_records": stats["eval_records"],
+        "inputs": config.inputs,
+        "eval_set": config.eval_set,
+    }
+
+
+def _promote(staging: Path, output: Path, uri: str) -> None:
+    """Move a finished run's files from `staging` into `output`, the summaries last.
+
+    stats.json and report.html (what a person reads first) go before any record file is
+    replaced and come back after all are, so no moment shows new records beside old summaries.
+    Each rename is atomic (same file system).
+    """
+    try:
+        for name in _SUMMARY_FILES:
+            (output / name).unlink(missing_ok=True)
+        for name in _PROMOTION_ORDER:
+            os.replace(staging / name, output / name)
+    except OSError as error:
+        raise CurateError(f"cannot write output {uri}: {error}") from error
+
+
+def _remove_s3_outputs(output: str) -> None:
+    for name in OUTPUT_FILES:
+        bucket, key = storage.split_s3(storage.join(output, name))
+        storage._s3_client().delete_object(Bucket=bucket, Key=key)  # idempotent: absent is fine
 
 
 def _invalidate_s3_output(output: str) -> None:
@@ -713,6 +818,15 @@ _SETTLE_RECORDS = 2048
 # Below this much input a worker pool costs more to start than it saves.
 _POOL_MIN_BYTES = 16 << 20
 _PENDING = {TRAIN_FILE: "train.pending", VAL_FILE: "val.pending"}
+# Directories a run owns (see workdirs.py): its work files in TMPDIR, its S3 upload staging in
+# TMPDIR, its staging inside a local output directory. The first two share _TEMP_PREFIX.
+_TEMP_PREFIX = "llmft-curate-"
+_WORK_PREFIX = "llmft-curate-work-"
+_UPLOAD_PREFIX = "llmft-curate-upload-"
+STAGING_PREFIX = ".curate-staging-"
+_SUMMARY_FILES = (STATS_FILE, REPORT_FILE)
+# The record files first, the summaries that describe them after.
+_PROMOTION_ORDER = (TRAIN_FILE, VAL_FILE, REJECTS_FILE, *_SUMMARY_FILES)
 _SIGNATURES = "signatures.u32"
 
 
@@ -732,6 +846,7 @@ class _Survivors:
     prompt_chars: array = field(default_factory=lambda: array("q"))
     response_chars: array = field(default_factory=lambda: array("q"))
     pii: dict[int, Counter[str]] = field(default_factory=dict)  # only records with placeholders
+    normalized: set[int] = field(default_factory=set)  # records with control characters replaced
 
     def __len__(self) -> int:
         return len(self.to_val)
@@ -878,6 +993,7 @@ class _Curation:
                     VAL_FILE, [result.record], [code], [result.prompt_chars], [result.response_chars], tally
                 )
                 sink.pii_found.update(result.found)
+                sink.control_characters_replaced += result.controls > 0
         if settings.words:
             self.eval_ngrams = NgramIndex(self.config.decontamination_ngram)
             self.eval_ngrams.add(word_strings, names)
@@ -952,6 +1068,8 @@ class _Curation:
         for position in fresh:
             if position in chunk.found:
                 self.sink.pii_found.update(chunk.found[position])
+        if chunk.normalized:
+            self.sink.control_characters_replaced += len(set(chunk.normalized).intersection(fresh))
         for split, side in ((TRAIN_FILE, 0), (VAL_FILE, 1)):
             chosen = [position for position in fresh if chunk.to_val[position] == side]
             self.sink.keep(
@@ -979,6 +1097,7 @@ class _Curation:
                 self.keyed.extend(base + slot[chunk.signed[row]] for row in rows)
         pending: dict[str, list[bytes]] = {TRAIN_FILE: [], VAL_FILE: []}
         words = chunk.words
+        normalized = set(chunk.normalized)
         for number, position in enumerate(fresh):
             line = chunk.lines[position]
             to_val = chunk.to_val[position]
@@ -990,6 +1109,8 @@ class _Curation:
             )
             if position in chunk.found:
                 survivors.pii[base + number] = chunk.found[position]
+            if position in normalized:
+                survivors.normalized.add(base + number)
             survivors.to_val.append(to_val)
             survivors.line.append(line)
             survivors.format.append(chunk.formats[position])
@@ -1148,6 +1269,8 @@ class _Curation:
         for entry in alive:
             if entry.index in survivors.pii:
                 self.sink.pii_found.update(survivors.pii[entry.index])
+            if entry.index in survivors.normalized:
+                self.sink.control_characters_replaced += 1
         if file_name == VAL_FILE and self.val_ngrams is not None:
             names = [f"{survivors.record_id(entry.index)} ({self._where(entry.index)})" for entry in alive]
             self.val_ngrams.add([entry.words for entry in alive], names)
@@ -1222,8 +1345,8 @@ def _curate_into(config: CurateConfig, directory: Path) -> tuple[dict[str, Any],
         try:
             # Pending records, signatures and the records workers hand back live beside nothing
             # the user sees, and go in any case.
-            with tempfile.TemporaryDirectory(prefix="llmft-curate-work-") as work:
-                run = _Curation(config, sink, Path(work))
+            with workdirs.owned_dir(_WORK_PREFIX) as work:
+                run = _Curation(config, sink, work)
                 try:
                     if config.eval_set:
                         run.read_eval_set(config.eval_set)
@@ -1249,42 +1372,14 @@ def curate(config: CurateConfig) -> CurateResult:
         raise CurateError("curate needs an output directory (local path or s3:// URI); output is empty")
     for uri in [*config.inputs, *([config.eval_set] if config.eval_set else [])]:
         _check_source(uri)
-    to_s3 = storage.is_s3(config.output)
-    if to_s3:
-        directory = Path(tempfile.mkdtemp(prefix="llmft-curate-"))
-    else:
-        directory = _prepare_local_output(config.output)
     log.info("curate: %d input file(s) -> %s", len(config.inputs), config.output)
-    try:
-        stats, sha256 = _curate_into(config, directory)
-        failure = _failure_message(config, stats)
-        if failure:
-            if to_s3:
-                with _writing_to(config.output):
-                    _upload_partial(directory, config.output)
-            raise CurateError(failure)
-        if config.val_fraction > 0 and stats["kept"]["val"] == 0:
-            log.warning(
-                "curate: val.jsonl is empty: too few records for val_fraction=%g", config.val_fraction
-            )
-        metadata = {
-            "train_records": stats["kept"]["train"],
-            "val_records": stats["kept"]["val"],
-            "rejected": stats["rejected"]["total"],
-            "input_records": stats["input_records"],
-            "eval_records": stats["eval_records"],
-            "inputs": config.inputs,
-            "eval_set": config.eval_set,
-        }
-        with _writing_to(config.output):
-            if to_s3:
-                _invalidate_s3_output(config.output)
-            manifest = storage.publish_dir(
-                directory, config.output, producer=PRODUCER, metadata=metadata, sha256=sha256
-            )
-    finally:
-        if to_s3:
-            shutil.rmtree(directory, ignore_errors=True)
+    with workdirs.exit_cleanly_on_termination():
+        # Work directories of runs killed before they could clean up (up to a few times the input).
+        workdirs.remove_stale(Path(tempfile.gettempdir()), _TEMP_PREFIX)
+        if storage.is_s3(config.output):
+            stats, manifest = _curate_to_s3(config)
+        else:
+            stats, manifest = _curate_to_local(config)
 
     result = CurateResult(
         output=config.output,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ REJECT_REASONS: dict[str, str] = {
     "blank_line": "the line is empty or whitespace only",
     "invalid_utf8": "the line is not valid UTF-8 (or a string holds an unpaired surrogate escape)",
     "malformed_json": "the line is not valid JSON",
+    "too_deep": "objects or arrays are nested deeper than the JSON parser allows (about 1,000 levels)",
+    "duplicate_key": "an object holds the same key twice (which value is meant is unknowable)",
     "not_an_object": "the JSON value is not an object",
     "unknown_format": "the object's keys match none (or more than one) of the accepted formats",
     "missing_field": "a field the format requires is absent",
@@ -55,6 +58,8 @@ REASON_STAGES: dict[str, str] = {
             "blank_line",
             "invalid_utf8",
             "malformed_json",
+            "too_deep",
+            "duplicate_key",
             "not_an_object",
             "unknown_format",
             "missing_field",
@@ -97,11 +102,12 @@ _FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     FORMAT_CHAT: ("messages",),
 }
 _CHAT_ROLES = ("system", "user", "assistant")
-# NUL never survives normalize_text, so it cannot occur inside a field and makes an
-# unambiguous separator for hashing several fields.
+# NUL never survives normalize_text (it becomes a space), so it cannot occur inside a field and
+# makes an unambiguous separator for hashing several fields.
 _SEPARATOR = "\x00"
-# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F; \t and \n stay.
-_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F; \t and \n stay. A run of them
+# becomes one space: deleting a NUL between two words would glue them into one.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
 # The ASCII ones of those, \r included (it must become \n): what plain-ASCII text may not hold.
 _ASCII_CONTROL_BYTES = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])
 
@@ -129,6 +135,8 @@ class ParsedRecord:
     response: str
     system: str
     format: str
+    # Runs of control characters replaced by a space in its fields (stats.json counts such records).
+    controls: int = 0
 
 
 def json_type(value: Any) -> str:
@@ -148,20 +156,25 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def normalize_text(text: str) -> str:
-    """NFC, \\n line endings, no control characters except \\n and \\t, no surrounding whitespace."""
+def clean_text(text: str) -> tuple[str, int]:
+    """`normalize_text` and the number of control-character runs it replaced by a space."""
     if text.isascii() and len(text.encode("ascii").translate(None, _ASCII_CONTROL_BYTES)) == len(text):
         # ASCII without \r or a control character other than \n and \t: already NFC, nothing to
-        # convert or remove (bytes.translate checks that in C, several times faster than the regex).
-        return text.strip()
+        # convert or replace (bytes.translate checks that in C, several times faster than the regex).
+        return text.strip(), 0
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL_CHARS.sub("", text)
+    text, replaced = _CONTROL_CHARS.subn(" ", text)
     # ASCII text is already NFC; skipping the call saves time on most records.
-    return (text if text.isascii() else unicodedata.normalize("NFC", text)).strip()
+    return (text if text.isascii() else unicodedata.normalize("NFC", text)).strip(), replaced
 
 
-def _normalize_field(value: str, field: str) -> str:
+def normalize_text(text: str) -> str:
+    """NFC, \\n line endings, each run of control characters (not \\n, \\t) one space, stripped."""
+    return clean_text(text)[0]
+
+
+def _normalize_field(value: str, field: str) -> tuple[str, int]:
     try:
         # json.loads turns a lone "\ud800" escape into a str that cannot be written as UTF-8
         # (ASCII text cannot hold one).
@@ -171,7 +184,7 @@ def _normalize_field(value: str, field: str) -> str:
         raise Rejection(
             "invalid_utf8", f"{field} contains an unpaired surrogate escape at character {error.start}"
         ) from None
-    return normalize_text(value)
+    return clean_text(value)
 
 
 def decode_line(raw: bytes) -> str:
@@ -187,13 +200,40 @@ def decode_line(raw: bytes) -> str:
         ) from None
 
 
+_MAX_KEY_CHARS = 100
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The decoder's object hook: a dict, or a Rejection when a key repeats (json keeps the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if len(key) <= _MAX_KEY_CHARS else key[:_MAX_KEY_CHARS] + "..."
+                raise Rejection("duplicate_key", f"key {shown!r} appears more than once in one object")
+            seen.add(key)
+    return obj
+
+
 # strict=False accepts raw tabs/newlines inside strings, which many exporters write;
 # normalization cleans them afterwards. One decoder for all lines: json.loads with an
-# argument builds a new one per call.
-_JSON = json.JSONDecoder(strict=False)
+# argument builds a new one per call. The pairs hook sees every object's keys before they
+# collapse into a dict: measured, it costs less than any scan of the text that could tell
+# when a duplicate is possible (a colon or `"<space>:` count is about as slow, and needs a key
+# count of the decoded value besides).
+_JSON = json.JSONDecoder(strict=False, object_pairs_hook=_object_without_duplicates)
 
 
 _scan = _JSON.scan_once
+
+
+def _too_deep() -> Rejection:
+    return Rejection(
+        "too_deep",
+        f"objects or arrays are nested more than about {sys.getrecursionlimit()} levels deep, "
+        "deeper than the JSON parser allows",
+    )
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
@@ -204,21 +244,26 @@ def parse_json_object(text: str) -> dict[str, Any]:
             value, end = _scan(text, 0)
         except (StopIteration, ValueError):
             end = -1
+        except RecursionError:
+            raise _too_deep() from None
         if end == len(text):
             return value  # type: ignore[no-any-return]  # the scan started at "{": an object
     try:
         value = _JSON.decode(text)
     except json.JSONDecodeError as error:
         raise Rejection("malformed_json", f"{error.msg} (column {error.colno})") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(value, dict):
         raise Rejection("not_an_object", f"the line is a JSON {json_type(value)}, expected an object")
     return value
 
 
-def _string_field(obj: dict[str, Any], field: str, path: str | None = None) -> str:
+def _string_field(obj: dict[str, Any], field: str, path: str | None = None) -> tuple[str, int]:
+    """A string field's normalized text and its count of control-character runs replaced."""
     value = obj.get(field)
     if value.__class__ is str and value.isascii():
-        return normalize_text(value)  # the common case; ASCII cannot hold an unpaired surrogate
+        return clean_text(value)  # the common case; ASCII cannot hold an unpaired surrogate
     path = path or field
     if field not in obj:
         raise Rejection("missing_field", f"field {path!r} is missing")
@@ -228,10 +273,10 @@ def _string_field(obj: dict[str, Any], field: str, path: str | None = None) -> s
     return _normalize_field(value, path)
 
 
-def _system_field(obj: dict[str, Any]) -> str:
+def _system_field(obj: dict[str, Any]) -> tuple[str, int]:
     # null is how many exporters write "no system prompt"; treat it as absent.
     if obj.get("system") is None:
-        return ""
+        return "", 0
     return _string_field(obj, "system")
 
 
@@ -272,7 +317,7 @@ def _format_problem(obj: dict[str, Any]) -> str:
     )
 
 
-def _chat_message(message: Any, index: int) -> tuple[str, str]:
+def _chat_message(message: Any, index: int) -> tuple[str, str, int]:
     path = f"messages[{index}]"
     if not isinstance(message, dict):
         raise Rejection("wrong_type", f"{path} is {json_type(message)}, expected object")
@@ -284,7 +329,7 @@ def _chat_message(message: Any, index: int) -> tuple[str, str]:
     role = role.strip().lower()
     if role not in _CHAT_ROLES:
         raise Rejection("bad_chat", f"{path} has role {message['role']!r}; expected system, user, assistant")
-    return role, _string_field(message, "content", f"{path}.content")
+    return role, *_string_field(message, "content", f"{path}.content")
 
 
 def render_chat_prompt(turns: list[tuple[str, str]]) -> str:
@@ -306,9 +351,10 @@ def parse_chat(obj: dict[str, Any]) -> ParsedRecord:
         raise Rejection("wrong_type", f"field 'messages' is {json_type(messages)}, expected array")
     if not messages:
         raise Rejection("bad_chat", "messages is empty")
-    parsed = [_chat_message(message, index) for index, message in enumerate(messages)]
-
-    system = _system_field(obj)
+    turns = [_chat_message(message, index) for index, message in enumerate(messages)]
+    system, controls = _system_field(obj)
+    controls += sum(turn[2] for turn in turns)
+    parsed = [(role, content) for role, content, _ in turns]
     if parsed[0][0] == "system":
         message_system = parsed.pop(0)[1]
         if system and system != message_system:
@@ -336,7 +382,11 @@ def parse_chat(obj: dict[str, Any]) -> ParsedRecord:
 
     response = parsed[-1][1]
     return ParsedRecord(
-        prompt=render_chat_prompt(parsed[:-1]), response=response, system=system, format=FORMAT_CHAT
+        prompt=render_chat_prompt(parsed[:-1]),
+        response=response,
+        system=system,
+        format=FORMAT_CHAT,
+        controls=controls,
     )
 
 
@@ -347,12 +397,12 @@ def parse_object(obj: dict[str, Any]) -> ParsedRecord:
         parsed = parse_chat(obj)
     else:
         prompt_key, response_key = _FORMAT_KEYS[record_format]
-        # (prompt, response, system, format), positionally: keywords cost more on this hot path.
+        prompt, prompt_controls = _string_field(obj, prompt_key)
+        response, response_controls = _string_field(obj, response_key)
+        system, system_controls = _system_field(obj)
+        # (prompt, response, system, format, controls), positionally: keywords cost more on this hot path.
         parsed = ParsedRecord(
-            _string_field(obj, prompt_key),
-            _string_field(obj, response_key),
-            _system_field(obj),
-            record_format,
+            prompt, response, system, record_format, prompt_controls + response_controls + system_controls
         )
     if not parsed.prompt:
         raise Rejection("empty_prompt", "the prompt is empty after normalization")

@@ -19,9 +19,10 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -123,6 +124,7 @@ class Screened(NamedTuple):
     # unpickling empty Counters was most of the cost of sending results between processes.
     found: Counter[str] | None
     words: bytes  # `decontaminate.record_words`, or b"" when not asked for
+    controls: int  # runs of control characters normalization replaced by a space
 
 
 @dataclass
@@ -146,6 +148,8 @@ class ScreenedChunk:
     signed: list[int]  # positions of the records with a MinHash signature (near-dedup on, 1+ word)
     signatures: np.ndarray  # (len(signed), num_perm) uint32
     band_keys: np.ndarray  # (len(signed), bands) uint64, salted with the system prompt
+    # Positions of the records in which normalization replaced control characters by a space.
+    normalized: list[int] = field(default_factory=list)
     # Set by a worker process instead of `records`: the file in the spool directory holding them,
     # one per line; `ScreenPool.map` reads it back and removes it.
     spooled: str | None = None
@@ -250,6 +254,7 @@ def screen(
         parsed.system,
         found or None,
         record_words(parsed.prompt, parsed.response) if settings.words else b"",
+        parsed.controls,
     )
 
 
@@ -312,14 +317,24 @@ def screen_chunk(
     response_chars: list[int] = []
     found: dict[int, Counter[str]] = {}
     words: list[bytes] = []
+    normalized: list[int] = []
     format_code = {name: code for code, name in enumerate(formats.FORMATS)}
     for line, item in enumerate(items, start=first):
-        result = screen(uri, line, item, settings, eval_lines)
+        try:
+            result = screen(uri, line, item, settings, eval_lines)
+        except Exception as error:
+            # A bug, not bad data (bad data is a Refused): name the line, which no traceback from a
+            # worker process would, so it can be reproduced.
+            raise RuntimeError(
+                f"curate failed on {uri} line {line}: {type(error).__name__}: {error}"
+            ) from error
         if isinstance(result, Refused):
             refused.append(result)
             continue
         if result.found:
             found[len(lines)] = result.found
+        if result.controls:
+            normalized.append(len(lines))
         screened.append(result)
         lines.append(line)
         records.append(result.record)
@@ -347,6 +362,7 @@ def screen_chunk(
         signed=signed,
         signatures=signatures,
         band_keys=keys,
+        normalized=normalized,
     )
 
 
@@ -355,6 +371,12 @@ _worker_state: tuple[ScreenSettings, dict[bytes, int] | None, Sketcher | None, P
 
 def _init_worker(settings: ScreenSettings, eval_lines: dict[bytes, int] | None, spool: Path) -> None:
     global _worker_state
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the pool);
+    # a worker printing its own KeyboardInterrupt traceback would bury the parent's one line.
+    # Forked workers also inherit the parent's SIGTERM handler: theirs is the default, so
+    # Pool.terminate ends them at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Screening makes no reference cycles (its objects die by reference counting), so collections
     # triggered by its many short-lived dicts and lists only cost time: collect rarely, and never
     # scan what the worker inherited from its parent.

@@ -22,13 +22,13 @@ from components.curate import filters, formats, screen
 from components.curate.filters import QualitySettings
 from components.curate.formats import ParsedRecord, Rejection
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
 
 
 def general_normalize(text: str) -> str:
     """README's normalization rule, written without shortcuts."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return unicodedata.normalize("NFC", _CONTROL.sub("", text)).strip()
+    return unicodedata.normalize("NFC", _CONTROL.sub(" ", text)).strip()
 
 
 # Characters that exercise every branch: printable ASCII, whitespace and controls, \r, Unicode
@@ -190,6 +190,11 @@ def _general_json(text: str) -> object:
         value = formats._JSON.decode(text)
     except json.JSONDecodeError as error:
         return ("malformed_json", f"{error.msg} (column {error.colno})")
+    except Rejection as rejection:  # the decoder's duplicate-key hook
+        return (rejection.reason, rejection.detail)
+    except RecursionError:
+        too_deep = formats._too_deep()
+        return (too_deep.reason, too_deep.detail)
     if not isinstance(value, dict):
         return ("not_an_object", formats.json_type(value))
     return value
@@ -211,6 +216,8 @@ def _general_json(text: str) -> object:
         '{"a": "raw\ttab\nnewline"}',
         '{"a": "\\ud800"}',
         '{"a": 1, "a": 2}',
+        '{"a": {"b": 1, "b": 1}}',
+        '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",
         "{",
         "}",
         '{"a": {"b": {"c": []}}}',
