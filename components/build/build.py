@@ -399,6 +399,10 @@ def build(config: BuildConfig) -> BuildResult:
     # Before anything is read or written: an engine build outside the trtllm image fails here.
     target = _engine_target(config) if config.serving_mode == ENGINE_MODE else None
     source = storage.require_complete(config.model)
+    # Any llmft directory has a manifest; only a checkpoint has config.json. Without this check a
+    # curated dataset would be packaged as a "model" and fail only when Triton loads it.
+    if "config.json" not in {entry.path for entry in source.files}:
+        raise BuildError(f"not a Hugging Face checkpoint: no config.json in {config.model}")
     _check_output(config.output)
     checkpoint = storage.localize_dir(config.model)
     with tempfile.TemporaryDirectory(prefix="llmft-build-") as staging_dir:
