@@ -24,6 +24,7 @@ import copy
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -84,10 +85,39 @@ _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+# Kubernetes quantities are int64 underneath (bytes, millicores): larger values cannot be represented.
+_MAX_QUANTITY = 2**63 - 1
 
 
 class ProfileConfigError(ValueError):
     """A profiles file is unreadable, names an unknown step or field, or sets an invalid value."""
+
+
+def _describe(value: Any) -> str:
+    """What a YAML value is, in words: the type a user wrote (true, "4", 4.0), never a long value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a string" if len(value) > 40 else f"the string {value!r}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _whole_number(value: Any) -> Any:
+    """Refuse what pydantic's lax mode turns into an int: true -> 1, "4" -> 4, 4.0 -> 4.
+
+    A YAML `gpus: true` or `gpus: "8"` is a typo or a misunderstanding, not a count.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number, e.g. 8; got {_describe(value)}")
+    return value
 
 
 def memory_bytes(quantity: str) -> int:
@@ -124,6 +154,11 @@ class Toleration(BaseModel):
         default=None, ge=0, description="For NoExecute: seconds the pod stays bound after the taint appears."
     )
 
+    @field_validator("toleration_seconds", mode="before")
+    @classmethod
+    def _check_whole_seconds(cls, value: Any) -> Any:
+        return None if value is None else _whole_number(value)
+
     @model_validator(mode="after")
     def _check_operator(self) -> Toleration:
         if self.operator == "Exists" and self.value:
@@ -154,7 +189,9 @@ class SecretEnv(BaseModel):
     name: str = Field(description="Environment variable name in the container, e.g. HF_TOKEN.")
     secret: str = Field(description="Name of the Secret in the pod's namespace.")
     key: str = Field(description="Key inside the Secret.")
-    optional: bool = Field(default=False, description="Start the pod even if the Secret or key is missing.")
+    optional: bool = Field(
+        default=False, strict=True, description="Start the pod even if the Secret or key is missing."
+    )
 
     @field_validator("name")
     @classmethod
@@ -257,6 +294,19 @@ class ResourceProfile(BaseModel):
         ),
     )
 
+    @field_validator("gpus", "efa", mode="before")
+    @classmethod
+    def _check_whole_number(cls, value: Any) -> Any:
+        return _whole_number(value)
+
+    @field_validator("cpu_request", "cpu_limit", mode="before")
+    @classmethod
+    def _cpu_from_number(cls, value: Any) -> Any:
+        # Kubernetes reads `cpu: 8` and `cpu: 0.5` as cores; a YAML number means the same here.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
+
     @field_validator("cpu_request", "cpu_limit")
     @classmethod
     def _check_cpu(cls, value: str | None) -> str | None:
@@ -264,6 +314,16 @@ class ResourceProfile(BaseModel):
             raise ValueError(
                 f"invalid CPU quantity {value!r}: use a number of cores or millicores, e.g. 8, 0.5, 500m"
             )
+        if value is not None and cpu_cores(value) * 1000 > _MAX_QUANTITY:
+            raise ValueError(f"CPU quantity {value!r} is larger than Kubernetes can represent")
+        return value
+
+    @field_validator("memory_request", "memory_limit", "shm_size", mode="before")
+    @classmethod
+    def _memory_needs_a_unit(cls, value: Any) -> Any:
+        # A bare YAML number would be bytes: `memory_limit: 64` is almost surely not 64 bytes.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f"memory needs a unit, e.g. {value}Gi; got {_describe(value)}")
         return value
 
     @field_validator("memory_request", "memory_limit", "shm_size")
@@ -274,6 +334,8 @@ class ResourceProfile(BaseModel):
                 f"invalid memory quantity {value!r}: use an integer with an optional suffix "
                 "Ki, Mi, Gi, Ti, Pi, Ei, M, G, T, P or E, e.g. 64Gi"
             )
+        if value is not None and memory_bytes(value) > _MAX_QUANTITY:
+            raise ValueError(f"memory quantity {value!r} is larger than Kubernetes can represent")
         return value
 
     @field_validator("node_selector")
@@ -330,6 +392,13 @@ class ResourceProfile(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ResourceProfile:
+        # A zero limit is never what anyone wants: the container could not start or /dev/shm holds nothing.
+        for name in ("memory_limit", "shm_size"):
+            quantity = getattr(self, name)
+            if quantity is not None and memory_bytes(quantity) == 0:
+                raise ValueError(f"{name} is 0: set a size, or null for none")
+        if self.cpu_limit is not None and cpu_cores(self.cpu_limit) == 0:
+            raise ValueError("cpu_limit is 0: set a number of cores, or null for no limit")
         if self.gpu_product and self.gpus == 0:
             raise ValueError(
                 f"gpu_product is {self.gpu_product!r} but gpus is 0: set gpu_product to null for a CPU step"
@@ -426,10 +495,36 @@ _GPU_TOLERATION: dict[str, Any] = {"key": GPU_RESOURCE, "operator": "Exists", "e
 _EFA_TOLERATION: dict[str, Any] = {"key": EFA_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 _GPU_NODES: dict[str, dict[str, Any]] = {
-    "p5": {"instance_type": "p5.48xlarge", "gpu_product": "NVIDIA-H100-80GB-HBM3", "efa": 32},
-    "p4d": {"instance_type": "p4d.24xlarge", "gpu_product": "NVIDIA-A100-SXM4-40GB", "efa": 4},
-    "p4de": {"instance_type": "p4de.24xlarge", "gpu_product": "NVIDIA-A100-SXM4-80GB", "efa": 4},
+    "p5": {"instance_type": "p5.48xlarge", "gpu_product": "NVIDIA-H100-80GB-HBM3", "gpus": 8, "efa": 32},
+    "p4d": {"instance_type": "p4d.24xlarge", "gpu_product": "NVIDIA-A100-SXM4-40GB", "gpus": 8, "efa": 4},
+    "p4de": {"instance_type": "p4de.24xlarge", "gpu_product": "NVIDIA-A100-SXM4-80GB", "gpus": 8, "efa": 4},
 }
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What one node offers a single pod: the ceiling of a profile's `gpus` and `efa`."""
+
+    node: str  # in words, for messages: "a p5.48xlarge node"
+    gpus: int
+    efa: int
+
+
+def node_capacity(profile: ResourceProfile, preset: str) -> NodeCapacity | None:
+    """The node `profile` can land on: the instance type its node selector names, else the preset's node.
+
+    None when the selector names an instance type without figures here: nothing to check against.
+    """
+    instance_type = profile.node_selector.get(INSTANCE_TYPE_LABEL)
+    if instance_type is None:
+        if preset == "cpu":
+            return NodeCapacity("a node of the cpu preset (no GPU, no EFA)", 0, 0)
+        instance_type = _GPU_NODES[preset]["instance_type"]
+    for node in _GPU_NODES.values():
+        if node["instance_type"] == instance_type:
+            return NodeCapacity(f"a {instance_type} node", node["gpus"], node["efa"])
+    return None
+
 
 # Per node size: (gpus, cpu_request, memory, shm). Each GPU step asks for the GPUs its code uses with the
 # default parameters (tests/components/test_gpu_use.py checks it): train the whole node (gpus_per_node 0
@@ -555,9 +650,7 @@ def _check_section(source: str, step: str, section: Any) -> Mapping[str, Any]:
     if section is None:
         return {}
     if not isinstance(section, Mapping):
-        raise ProfileConfigError(
-            f"{source}: {step!r} must be a mapping of fields, got {type(section).__name__}"
-        )
+        raise ProfileConfigError(f"{source}: {step}: must be a mapping of fields, got {_describe(section)}")
     fields = ResourceProfile.model_fields
     for field in section:
         if field not in fields:
@@ -567,14 +660,59 @@ def _check_section(source: str, step: str, section: Any) -> Mapping[str, Any]:
     return section
 
 
+def _field_origin(overrides: Mapping[str, Any], step: str, field: str, preset: str) -> str:
+    """Where a step's field got its value: its own section, the `all` section, or the preset."""
+    if field in (overrides.get(step) or {}):
+        return f"{step}.{field}"
+    if field in (overrides.get(ALL_STEPS_KEY) or {}):
+        return f"{ALL_STEPS_KEY}.{field}"
+    return f"{step}.{field} (preset {preset})"
+
+
+def _validation_problems(err: ValidationError, overrides: Mapping[str, Any], preset: str) -> list[str]:
+    """One line per problem, each naming the step and field (and where the value came from)."""
+    problems: list[str] = []
+    for error in err.errors():
+        loc = [str(part) for part in error["loc"]]
+        where = loc[0] if len(loc) == 1 else _field_origin(overrides, loc[0], loc[1], preset)
+        rest = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in loc[2:])
+        # pydantic prefixes our own ValueErrors with "Value error, ": noise for a user.
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}{rest}: {message}")
+    return problems
+
+
+def _capacity_problems(profiles: PipelineProfiles, overrides: Mapping[str, Any], preset: str) -> list[str]:
+    """Requests no node of the preset (or of the selected instance type) could ever satisfy."""
+    problems: list[str] = []
+    for step in PROFILES:
+        profile = profiles.for_step(step)
+        node = node_capacity(profile, preset)
+        if node is None:
+            continue
+        for field, unit, most in (("gpus", "GPUs", node.gpus), ("efa", "EFA interfaces", node.efa)):
+            asked = getattr(profile, field)
+            if asked > most:
+                hint = " (start from --preset p5, p4d or p4de for GPU nodes)" if most == 0 else ""
+                problems.append(
+                    f"{_field_origin(overrides, step, field, preset)}: {asked} {unit} per pod, but "
+                    f"{node.node} has {most}{hint}"
+                )
+    return problems
+
+
 def merge_profiles(
     overrides: Mapping[str, Any], preset: str = DEFAULT_PRESET, source: str = "<overrides>"
 ) -> PipelineProfiles:
-    """Apply a mapping shaped like a profiles file onto a preset (see `load_profiles`)."""
+    """Apply a mapping shaped like a profiles file onto a preset (see `load_profiles`).
+
+    Every error is a `ProfileConfigError` that starts with `source` and names the step and field,
+    e.g. "profiles.yaml: train.gpus: 64 GPUs per pod, but a p5.48xlarge node has 8".
+    """
     if not isinstance(overrides, Mapping):
-        raise ProfileConfigError(
-            f"{source}: expected a mapping of step names, got {type(overrides).__name__}"
-        )
+        raise ProfileConfigError(f"{source}: expected a mapping of step names, got {_describe(overrides)}")
+    if preset not in PRESETS:
+        raise ProfileConfigError(f"unknown resource preset {preset!r}; presets are {', '.join(PRESETS)}")
     for key in overrides:
         if key not in PROFILES and key != ALL_STEPS_KEY:
             raise ProfileConfigError(
@@ -588,12 +726,52 @@ def merge_profiles(
     try:
         profiles = PipelineProfiles.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in err.errors()
-        )
-        raise ProfileConfigError(f"{source}: invalid resource profile: {problems}") from err
+        problems = _validation_problems(err, overrides, preset)
+    else:
+        problems = _capacity_problems(profiles, overrides, preset)
+    if problems:
+        # An `all` value applies to every step: say so once, not once per step.
+        unique = list(dict.fromkeys(problems))
+        raise ProfileConfigError(f"{source}: {'; '.join(unique)}")
     logger.info("resource profiles: preset %s, overrides from %s", preset, source)
     return profiles
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of two `train:` sections silently, so half of a file would be ignored.
+    """
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key: construct_mapping below reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"the key {key!r} is given twice",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _yaml_error(source: str, err: yaml.YAMLError) -> ProfileConfigError:
+    """A YAML error in one line: file, line, column, problem (PyYAML's own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+    return ProfileConfigError(f"{source}:{where} not valid YAML: {problem}")
 
 
 def load_profiles(path: str | Path | None = None, preset: str = DEFAULT_PRESET) -> PipelineProfiles:
@@ -610,7 +788,9 @@ def load_profiles(path: str | Path | None = None, preset: str = DEFAULT_PRESET) 
         evaluate:
           gpu_product: null
 
-    Unknown steps or fields raise `ProfileConfigError` naming the file and the key.
+    Every problem raises `ProfileConfigError` naming the file and the step and field: unknown steps or
+    fields, wrong types (`gpus: true` is not 1), invalid quantities, GPUs or EFA interfaces beyond what
+    the node has, a key given twice, YAML syntax.
     """
     if path is None:
         return preset_profiles(preset)
@@ -618,11 +798,19 @@ def load_profiles(path: str | Path | None = None, preset: str = DEFAULT_PRESET) 
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise ProfileConfigError(f"{source}: cannot read resource profiles file: {err}") from err
+        reason = "it is a directory" if isinstance(err, IsADirectoryError) else err.strerror or str(err)
+        raise ProfileConfigError(f"{source}: cannot read resource profiles file: {reason}") from err
+    except UnicodeDecodeError as err:
+        raise ProfileConfigError(
+            f"{source}: not a text file (byte {err.start} is not UTF-8): expected YAML"
+        ) from err
     try:
-        overrides = yaml.safe_load(text)
+        # _UniqueKeyLoader is a SafeLoader: no Python objects are ever constructed.
+        overrides = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise ProfileConfigError(f"{source}: not valid YAML: {err}") from err
+        raise _yaml_error(source, err) from err
+    if overrides is None:
+        logger.warning("%s holds no overrides: the %s preset is used as it is", source, preset)
     return merge_profiles(overrides or {}, preset=preset, source=source)
 
 

@@ -38,6 +38,7 @@ import yaml
 from kfp.client import Client, ServiceAccountTokenVolumeCredentials
 
 from components.defaults import DEFAULT_EXPERIMENT
+from pipelines.kfp_cron import CronError, parse_cron
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ SA_TOKEN_DEFAULT_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
 # KFP's API server rejects recurring runs outside this range.
 MAX_CONCURRENCY_RANGE = (1, 10)
-# robfig/cron descriptors that KFP's scheduler accepts besides the 6-field form.
-_CRON_DESCRIPTORS = frozenset(
-    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-)
 # KFP list filters take the proto enum number; 1 is EQUALS (same value kfp.Client uses).
 _FILTER_EQUALS = 1
 
@@ -317,30 +314,16 @@ def load_parameters(package_path: str, params_file: str | None, overrides: list[
 
 
 def validate_cron(cron: str) -> str:
-    """Return `cron` normalised, or raise: KFP's scheduler wants 6 fields with seconds first.
+    """Return `cron` normalised, or raise: every field is checked as KFP's scheduler reads it.
 
     KFP parses cron with robfig/cron, whose default parser reads a 5-field expression as
     `sec min hour day month`: '0 2 * * *' is accepted and runs hourly at :02, not nightly.
+    Values, ranges, steps, names and descriptors are checked too (see pipelines/kfp_cron.py).
     """
-    text = " ".join(cron.split())
-    if text.startswith("@"):
-        if text in _CRON_DESCRIPTORS or text.startswith("@every "):
-            return text
-        raise ClientInputError(
-            f"cron {cron!r}: unknown descriptor; use one of {', '.join(sorted(_CRON_DESCRIPTORS))} "
-            "or '@every 6h'"
-        )
-    fields = text.split(" ") if text else []
-    if len(fields) != 6:
-        example = "0 0 2 * * *"
-        if len(fields) == 5:
-            example = "0 " + text
-        raise ClientInputError(
-            f"cron {cron!r} has {len(fields)} fields; KFP needs 6 (seconds first), e.g. {example!r}"
-        )
-    if fields[0] == "*" or fields[0].startswith("*/"):
-        log.warning("cron %r fires more than once a minute (seconds field %r)", text, fields[0])
-    return text
+    try:
+        return parse_cron(cron)
+    except CronError as error:
+        raise ClientInputError(str(error)) from None
 
 
 def default_version_name(package_path: str | os.PathLike[str], pipeline_name: str) -> str:

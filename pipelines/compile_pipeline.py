@@ -3,23 +3,29 @@
 Images come from containers/images.yaml (or --images), cluster settings per step from a
 preset (p5 by default) overridden by --profiles. The output is deterministic: compiling
 twice with the same inputs gives identical bytes.
+
+`python compile.py` and `llmft compile` share `compile_command`: a bad profiles or images file
+is one line on stderr naming the file and field, exit code 2, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from kfp import compiler
 
-from components.images import load_images
-from components.resources import load_profiles
+from components.images import ImagesConfigError, load_images
+from components.resources import PRESETS, ProfileConfigError, load_profiles
 from pipelines.llm_finetune import build_pipeline
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = Path("dist/llm_finetune.yaml")
+EXIT_BAD_INPUT = 2  # a profiles or images file is invalid: nothing was written
+EXIT_WRITE_FAILED = 1
 
 
 def compile_pipeline(
@@ -29,8 +35,9 @@ def compile_pipeline(
     images_file: str | None = None,
 ) -> Path:
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    # Every input is read and checked before anything is created.
     pipeline = build_pipeline(load_profiles(profiles_file, preset=preset), load_images(images_file))
+    output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(output))
     log.info("wrote %s", output)
     return output
@@ -46,12 +53,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML file overriding per-step cluster settings (see components/resources.py)",
     )
     parser.add_argument(
-        "--preset", default="p5", help="cluster preset the profiles start from: p5, p4d or cpu"
+        "--preset",
+        default="p5",
+        choices=PRESETS,
+        help="cluster preset the profiles start from (default: p5); GPU and EFA counts are checked "
+        "against its node",
     )
     parser.add_argument("--images", default=None, help="images file (default: containers/images.yaml)")
 
 
 def compile_command(args: argparse.Namespace) -> int:
-    path = compile_pipeline(args.output, args.profiles, args.preset, args.images)
+    """Compile with the command line's settings; returns the exit code."""
+    try:
+        path = compile_pipeline(args.output, args.profiles, args.preset, args.images)
+    except (ProfileConfigError, ImagesConfigError) as error:
+        # The message names the file, step and field: a traceback would only bury it.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        print(f"error: cannot write --output {args.output}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     print(f"compiled pipeline: {path}")
     return 0

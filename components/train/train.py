@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from components import storage
 from components.model_source import BASE_MODEL_HELP, resolve_model
@@ -125,6 +125,22 @@ class TrainConfig(BaseModel):
         "model is sharded over the GPUs, for a base model that does not fit one; auto: fsdp when "
         "the base model's weights take half of one GPU's memory or more, else ddp (always ddp on CPUs).",
     )
+
+    @field_validator("global_batch_size")
+    @classmethod
+    def _whole_micro_batches(cls, value: int, info: ValidationInfo) -> int:
+        # An optimizer step accumulates whole micro batches: global 3 with micro 4 would train
+        # on batches of 4 while the run reports 3.
+        micro = info.data.get("micro_batch_size")
+        if micro is None or value % micro == 0:
+            return value
+        lower = value // micro * micro
+        examples = " or ".join(str(size) for size in (lower, lower + micro) if size > 0)
+        raise ValueError(
+            f"global batch {value} is not a whole number of micro batches of {micro} "
+            f"(--micro-batch-size, micro_batch_size): make --global-batch-size a multiple of it, "
+            f"e.g. {examples}"
+        )
 
 
 class TrainResult(BaseModel):
