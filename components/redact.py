@@ -30,6 +30,8 @@ _CREDENTIAL_PARAM_RE = re.compile(
     r"token|secret|passw|pwd|signature|credential|session|^sig$|^auth|(?:^|[-_.]|api|access|private)key",
     re.IGNORECASE,
 )
+# pydantic's rendering of a ValidationError repeats the refused value (in tracebacks too).
+_PYDANTIC_INPUT_RE = re.compile(r"(?P<prefix>input_value=)[^\n]*?(?=, input_type=)")
 _BEARER_RE = re.compile(r"(?P<prefix>\bBearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 
 # Strings that are credentials by their form, whatever they are called. Each pattern is
@@ -59,8 +61,9 @@ _SECRET_KEY_RE = re.compile(r"[A-Za-z0-9/+]{40}")
 def redact(text: object) -> str:
     """`text` as a string with every credential it carries replaced by ***.
 
-    `https://user:pass@host/p?X-Amz-Signature=abc&v=1` -> `https://user:***@host/p?X-Amz-Signature=***&v=1`.
-    Anything that is not a credential stays as it was, so the result still names the endpoint.
+    `https://user:pass@host/p?X-Amz-Signature=abc&v=1` -> `https://user:***@host/p?X-Amz-Signature=***&v=1`;
+    pydantic's `input_value=...` becomes `input_value=***`. Anything else stays as it was, so the
+    result still names the endpoint.
     """
     result = str(text)
     for _, pattern in _KEY_PATTERNS:
@@ -70,6 +73,7 @@ def redact(text: object) -> str:
         lambda m: m["prefix"] + MASK if _CREDENTIAL_PARAM_RE.search(m["name"]) and m["value"] else m[0],
         result,
     )
+    result = _PYDANTIC_INPUT_RE.sub(lambda m: m["prefix"] + MASK, result)
     return _BEARER_RE.sub(lambda m: m["prefix"] + MASK, result)
 
 

@@ -591,7 +591,7 @@ def merge_profiles(
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in err.errors()
         )
-        raise ProfileConfigError(f"{source}: invalid resource profile: {problems}") from err
+        raise ProfileConfigError(f"{source}: invalid resource profile: {problems}") from None
     logger.info("resource profiles: preset %s, overrides from %s", preset, source)
     return profiles
 
