@@ -296,6 +296,7 @@ def check_parameters(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict
     Unknown names and missing required parameters are errors that list the valid names,
     so a typo fails here instead of as a run that ignores it.
     """
+    refuse_credentials(params)  # first: nothing below may show or send such a value
     declared = declared_parameters(spec)
     valid = ", ".join(_describe(p) for p in sorted(declared.values(), key=lambda p: p.name))
     unknown = sorted(set(params) - set(declared))
@@ -308,7 +309,6 @@ def check_parameters(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict
         raise ClientInputError(
             f"missing required pipeline parameter(s): {', '.join(missing)}. Valid: {valid}"
         )
-    refuse_credentials(params)
     return {name: coerce_value(declared[name], value) for name, value in params.items()}
 
 
