@@ -154,7 +154,7 @@ def load_images(path: str | Path | None = None) -> Images:
             f"{'.'.join(str(part) for part in error['loc']) or '<file>'}: {error['msg']}"
             for error in err.errors()
         )
-        raise ImagesConfigError(f"{source}: {problems}") from err
+        raise ImagesConfigError(f"{source}: {problems}") from None
     logger.debug("image references from %s: %s", source, images.model_dump())
     return images
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from components import storage, tracking
+from components import redact, storage, tracking
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -137,6 +137,8 @@ def run_component_step(
         stream=sys.stdout,
         force=True,
     )
+    # KFP keeps pod logs: URIs in them (MLflow's, S3 presigned ones) lose their credentials.
+    redact.install_log_redaction()
     pipeline_run = pipeline_run_id()
     uri = tracking.resolve_tracking_uri(mlflow_tracking_uri, storage_root)
     result, mlflow_run_id = tracking.run_step(step, function, config, uri, mlflow_experiment, pipeline_run)

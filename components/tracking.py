@@ -18,11 +18,51 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from components.redact import redact
+
 log = logging.getLogger(__name__)
 
 DISABLED = "disabled"
+# An http(s) tracking server is asked once, with these (connect, read) timeouts, before a step does
+# any work: MLflow's own client retries a request 7 times with backoff (about 4 minutes) by
+# default, so an unreachable server would cost that much before the step failed. Name resolution
+# is the system resolver's and has its own timeout.
+REACHABILITY_TIMEOUT_S = (5.0, 10.0)
+# What --help says about the wait (keep in step with the timeouts above).
+WAIT_HELP = (
+    "an http(s) server that does not answer fails the step within 15 s, before any work; later "
+    "requests follow MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT (120 s) and MLFLOW_HTTP_REQUEST_MAX_RETRIES (7)"
+)
 PIPELINE_RUN_TAG = "llmft.pipeline_run"
 STEP_TAG = "llmft.step"
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server did not answer the reachability check."""
+
+
+def check_reachable(uri: str, timeout_s: tuple[float, float] = REACHABILITY_TIMEOUT_S) -> None:
+    """Raise TrackingUnreachable unless an http(s) tracking server answers within `timeout_s`.
+
+    Any HTTP answer counts (a 401 or 404 from a proxy too: MLflow's own errors then say more);
+    other stores (sqlite, file, databricks) are not network endpoints of ours and pass.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        # requests sends a URL's user:password as basic auth, as MLflow's client does.
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s, allow_redirects=False).close()
+    except requests.RequestException as error:
+        reason = {
+            requests.ConnectTimeout: f"no connection within {timeout_s[0]:g} s",
+            requests.ReadTimeout: f"connected, but no answer within {timeout_s[1]:g} s",
+        }.get(type(error), f"{type(error).__name__}: {redact(error)}")
+        raise TrackingUnreachable(
+            f"MLflow tracking server {redact(uri)} is not reachable ({reason}); check mlflow_tracking_uri "
+            f"or MLFLOW_TRACKING_URI, or set it to '{DISABLED}' to run without tracking"
+        ) from None
 
 
 def resolve_tracking_uri(explicit: str | None, local_dir: str | None = None) -> str | None:
@@ -105,8 +145,8 @@ class Tracker:
                 "local path as a model source (%s); write the model to s3:// to register it",
                 source,
                 name,
-                self.tracking_uri,
-                error.message,
+                redact(self.tracking_uri),
+                redact(error.message),
             )
             return None
         return str(version.version)
@@ -139,6 +179,7 @@ def step_run(
     if tracking_uri is None:
         yield NULL_TRACKER
         return
+    check_reachable(tracking_uri)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from components.defaults import DEFAULT_EXPERIMENT
+from components.redact import describe_validation_error, install_log_redaction, redact
 
 log = logging.getLogger("llmft")
 
@@ -193,7 +194,10 @@ def load_step_config(
         sources = _SettingSources(
             flags, typed_flags or {}, config_file, file_settings, config_env, env_settings
         )
-        problems = "; ".join(f"{sources.name(e['loc'], e['type'])}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(
+            f"{sources.name(e['loc'], e['type'])}: {redact(e['msg'].removeprefix('Value error, '))}"
+            for e in error.errors(include_input=False)
+        )
         raise SystemExit(f"llmft: invalid settings: {problems}") from None
 
 
@@ -297,13 +301,15 @@ def _run_step_command(name: str, args: argparse.Namespace, argv: list[str]) -> i
         return 0
     print(result.summary())
     if run_id:
-        print(f"MLflow run: {run_id} ({uri})")
+        print(f"MLflow run: {run_id} ({redact(uri)})")
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     return 0
 
 
 def _add_step_parser(commands: Any, name: str) -> None:
+    from components import tracking
+
     config_type, _ = _load_step(name)
     help_text = STEPS[name][3]
     step_parser = commands.add_parser(name, help=help_text)
@@ -314,7 +320,7 @@ def _add_step_parser(commands: Any, name: str) -> None:
     step_parser.add_argument(
         "--mlflow-tracking-uri",
         default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else off)",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else off); " + tracking.WAIT_HELP,
     )
     step_parser.add_argument(
         "--mlflow-experiment",
@@ -381,14 +387,23 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # URIs in log lines (ours, MLflow's, kfp's, urllib3's) may carry a password or a signature.
+    install_log_redaction()
     try:
         if args.command in STEP_COMMANDS:
             return _run_step_command(args.command, args, argv)
         return int(args.handler(args))
+    except ValidationError as error:
+        # pydantic's own rendering (and so a traceback) repeats each refused value: not even with -v.
+        print(
+            f"llmft {args.command}: error: invalid settings: {describe_validation_error(error)}",
+            file=sys.stderr,
+        )
+        return 1
     except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as error:
         # Our errors carry the file, field or value at fault; a traceback adds nothing for users.
         log.debug("failure", exc_info=True)
-        print(f"llmft {args.command}: error: {error}", file=sys.stderr)
+        print(f"llmft {args.command}: error: {redact(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C is the user's choice, not a fault: one line, and the shell's status for SIGINT.

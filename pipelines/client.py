@@ -38,6 +38,7 @@ import yaml
 from kfp.client import Client, ServiceAccountTokenVolumeCredentials
 
 from components.defaults import DEFAULT_EXPERIMENT
+from components.redact import credential_in_value, redact
 from pipelines.kfp_cron import CronError, parse_cron
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,13 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
 MAX_CONCURRENCY_RANGE = (1, 10)
 # KFP list filters take the proto enum number; 1 is EQUALS (same value kfp.Client uses).
 _FILTER_EQUALS = 1
+
+# Seconds each KFP API request may wait to connect, and then for an answer. kfp.Client sets no
+# timeout at all: a server that accepts the connection and never answers held `llmft submit` forever.
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# KFP's /healthz answering 5xx (the API server is starting) is asked again, this often, this far apart.
+HEALTH_ATTEMPTS = 3
+HEALTH_RETRY_S = 5.0
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1  # the run ended in another state than SUCCEEDED, or KFP refused a request
@@ -285,6 +293,7 @@ def check_parameters(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict
     Unknown names and missing required parameters are errors that list the valid names,
     so a typo fails here instead of as a run that ignores it.
     """
+    refuse_credentials(params)  # first: nothing below may show or send such a value
     declared = declared_parameters(spec)
     valid = ", ".join(_describe(p) for p in sorted(declared.values(), key=lambda p: p.name))
     unknown = sorted(set(params) - set(declared))
@@ -298,6 +307,24 @@ def check_parameters(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict
             f"missing required pipeline parameter(s): {', '.join(missing)}. Valid: {valid}"
         )
     return {name: coerce_value(declared[name], value) for name, value in params.items()}
+
+
+def refuse_credentials(params: Mapping[str, Any]) -> None:
+    """Raise ClientInputError naming the first parameter whose value looks like a credential.
+
+    KFP keeps run parameters in plain text (API, UI, the run's spec), so a password in
+    `mlflow_tracking_uri=https://user:pass@...` would be readable by anyone who can list runs.
+    The value is never shown.
+    """
+    for name in sorted(params):
+        kind = credential_in_value(params[name])
+        if kind:
+            raise ClientInputError(
+                f"parameter {name!r} holds what looks like {kind}: KFP stores run parameters in plain "
+                "text. Pass credentials from a Kubernetes Secret instead: the profile's secret_env "
+                "(env vars from Secret keys, e.g. MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "for MLflow, AWS_* for S3), and give the parameter the URL without them"
+            )
 
 
 def merge_parameter_sources(params_file: str | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -336,14 +363,79 @@ def default_version_name(package_path: str | os.PathLike[str], pipeline_name: st
 # --------------------------------------------------------------------------- KFP connection
 
 
-def connect(host: str | None, namespace: str | None, token: str | None, in_cluster: bool) -> Client:
-    """A kfp.Client for `host` (default env KFP_HOST).
+class BoundedClient(Client):
+    """kfp.Client whose every API request has a timeout, health check included.
+
+    kfp's generated REST client (kfp_server_api) gives urllib3 a timeout only when a call names
+    one (`_request_timeout`, an int or a (connect, read) pair; a float is silently dropped), and
+    kfp.Client's methods never do; its constructor's /healthz check retries 5 times, 5 s apart.
+    Here the one REST client all of kfp.Client's APIs share gets a default (connect, read)
+    timeout, and urllib3 may reconnect once but never re-send a request that got no answer
+    (its default repeats a timed-out GET 3 times).
+    """
+
+    def __init__(
+        self, *args: Any, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, **kwargs: Any
+    ) -> None:
+        # Set before kfp's constructor runs: it calls get_kfp_healthz (below) itself.
+        self._request_timeout_s = request_timeout_s
+        super().__init__(*args, **kwargs)
+        # Multi-user namespaces skip the constructor's health check, and so the bounding in it.
+        _bound_requests(self._run_api.api_client, request_timeout_s)
+
+    def get_kfp_healthz(self, sleep_duration: int = int(HEALTH_RETRY_S)) -> Any:
+        """/healthz, asked HEALTH_ATTEMPTS times while it answers 5xx; other failures raise at once."""
+        _bound_requests(self._healthz_api.api_client, self._request_timeout_s)
+        attempt = 1
+        while True:
+            try:
+                return self._healthz_api.healthz_service_get_healthz()
+            except kfp_server_api.ApiException as exc:
+                if not exc.status or exc.status < 500 or attempt >= HEALTH_ATTEMPTS:
+                    raise
+                log.warning(
+                    "KFP health check %d of %d: %s", attempt, HEALTH_ATTEMPTS, _describe_api_error(exc)
+                )
+            time.sleep(sleep_duration)
+            attempt += 1
+
+
+def _bound_requests(api_client: Any, timeout_s: float) -> None:
+    """Give every request of `api_client` a (connect, read) timeout unless the call sets one."""
+    rest = api_client.rest_client
+    if getattr(rest, "_llmft_timeout_s", None) is not None:
+        return
+    request = rest.request
+    bounds = (timeout_s, timeout_s)
+
+    def bounded_request(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or bounds, **kwargs)
+
+    rest.request = bounded_request
+    rest.pool_manager.connection_pool_kw["retries"] = urllib3.Retry(
+        total=None, connect=1, read=False, redirect=3, status=0, other=0
+    )
+    rest.pool_manager.clear()  # pools made before this (none, or the health check's) keep old retries
+    rest._llmft_timeout_s = timeout_s
+
+
+def connect(
+    host: str | None,
+    namespace: str | None,
+    token: str | None,
+    in_cluster: bool,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> Client:
+    """A kfp.Client for `host` (default env KFP_HOST) whose every request is bounded (BoundedClient).
 
     `namespace` is the user's profile namespace on multi-user Kubeflow (default env
     KFP_NAMESPACE, then 'kubeflow', which kfp treats as single-user). `token` is sent as a
     bearer token; `in_cluster` reads the projected service-account token instead and
-    defaults the host to the in-cluster API service.
+    defaults the host to the in-cluster API service. A request waits at most
+    `request_timeout_s` to connect (twice: one reconnect) and as long for an answer.
     """
+    if not request_timeout_s > 0:
+        raise ClientInputError(f"--request-timeout must be more than 0 seconds, not {request_timeout_s:g}")
     host = host or os.environ.get("KFP_HOST") or None
     namespace = namespace or os.environ.get("KFP_NAMESPACE") or KFP_SINGLE_USER_NAMESPACE
     if token and in_cluster:
@@ -361,25 +453,41 @@ def connect(host: str | None, namespace: str | None, token: str | None, in_clust
         host = host or IN_CLUSTER_HOST
     if not host:
         raise ClientInputError("no KFP host: pass --host or set KFP_HOST (or use --in-cluster inside a pod)")
+    shown_host = redact(host)
     log.info(
-        "connecting to KFP at %s (namespace %s, auth: %s)", host, namespace, _auth_kind(token, in_cluster)
+        "connecting to KFP at %s (namespace %s, auth: %s)",
+        shown_host,
+        namespace,
+        _auth_kind(token, in_cluster),
     )
     try:
         with warnings.catch_warnings():
             # kfp warns on every construction that it needs a v2 backend; that is a given here.
             warnings.simplefilter("ignore", FutureWarning)
-            return Client(
-                host=host, namespace=namespace, existing_token=token or None, credentials=credentials
+            return BoundedClient(
+                host=host,
+                namespace=namespace,
+                existing_token=token or None,
+                credentials=credentials,
+                request_timeout_s=request_timeout_s,
             )
-    except TimeoutError as exc:
-        # kfp.Client retries /healthz 5 times, 5 s apart, on any HTTP error and then raises this;
-        # the statuses are in kfp's log lines above.
+    except kfp_server_api.ApiException as exc:
+        hint = " (a 404: the host is not the KFP API endpoint)" if exc.status == 404 else ""
         raise KfpRequestError(
-            f"KFP at {host} did not answer /apis/v2beta1/healthz ({exc}); a 401/403 in the log above "
-            "means the token is missing or wrong, a 404 that the host is not the KFP API endpoint"
-        ) from exc
-    except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise KfpRequestError(f"cannot reach KFP at {host}: {_describe_api_error(exc)}") from exc
+            f"KFP at {shown_host} failed its health check: {_describe_api_error(exc)}{hint}"
+        ) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+        # NewConnectionError (refused, no route) is a ConnectTimeoutError to urllib3: ask it first.
+        if isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+            why = f"connected, but no answer within {request_timeout_s:g} s (--request-timeout)"
+        elif isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
+            reason, urllib3.exceptions.NewConnectionError
+        ):
+            why = f"no connection within {request_timeout_s:g} s (--request-timeout)"
+        else:
+            why = _describe_api_error(exc)
+        raise KfpRequestError(f"cannot reach KFP at {shown_host}: {why}") from None
 
 
 def _auth_kind(token: str | None, in_cluster: bool) -> str:
@@ -413,8 +521,10 @@ def _describe_api_error(exc: BaseException) -> str:
         except (TypeError, ValueError, AttributeError):
             message = str(exc.body or "")[:300]
         hint = " (check --token / KFP_TOKEN or --in-cluster)" if exc.status in (401, 403) else ""
-        return f"HTTP {exc.status} {exc.reason}: {message}{hint}".rstrip(": ")
-    return f"{type(exc).__name__}: {exc}"
+        return redact(f"HTTP {exc.status} {exc.reason}: {message}{hint}".rstrip(": "))
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason  # "Max retries exceeded with url ..." hides what went wrong
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 def _name_filter(name: str) -> str:
@@ -474,9 +584,10 @@ def wait_for_run(client: Client, run_id: str, timeout_s: float, poll_s: float) -
     while True:
         # kfp.Client.get_run sets no request timeout; a stalled connection would outlive the
         # deadline, so call the generated API (kfp.Client exposes it as `client.runs`) with one.
-        request_timeout = min(60.0, max(1.0, deadline - time.monotonic()))
+        # A (connect, read) pair: kfp_server_api drops a float timeout without a word.
+        read_s = min(60.0, max(1.0, deadline - time.monotonic()))
         try:
-            run = client.runs.run_service_get_run(run_id=run_id, _request_timeout=request_timeout)
+            run = client.runs.run_service_get_run(run_id=run_id, _request_timeout=(min(10.0, read_s), read_s))
             info = _run_info(client, run)
         except kfp_server_api.ApiException as exc:
             if exc.status is None or exc.status < 500:
@@ -728,6 +839,15 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"use the projected service-account token ({SA_TOKEN_DEFAULT_PATH} or env {SA_TOKEN_PATH_ENV})",
     )
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="each KFP API request waits at most this long to connect (one reconnect) and as long for "
+        "an answer: a KFP endpoint that never answers fails the command within 3x this, "
+        f"%(default)g s x 3 = {3 * DEFAULT_REQUEST_TIMEOUT_S:g} s by default",
+    )
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -821,7 +941,9 @@ def _token_from_args(args: argparse.Namespace) -> str | None:
 
 
 def _connect_from_args(args: argparse.Namespace) -> Client:
-    return connect(args.host, args.namespace, _token_from_args(args), bool(args.in_cluster))
+    return connect(
+        args.host, args.namespace, _token_from_args(args), bool(args.in_cluster), args.request_timeout
+    )
 
 
 def _experiment_from_args(args: argparse.Namespace) -> str:
@@ -829,7 +951,7 @@ def _experiment_from_args(args: argparse.Namespace) -> str:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {redact(message)}", file=sys.stderr)
     return code
 
 
@@ -837,8 +959,8 @@ def _print_run(info: RunInfo) -> None:
     print(f"run: {info.name} ({info.run_id})")
     print(f"state: {info.state}")
     if info.error:
-        print(f"error: {info.error}")
-    print(f"url: {info.url}")
+        print(f"error: {redact(info.error)}")
+    print(f"url: {redact(info.url)}")
 
 
 def submit_command(args: argparse.Namespace) -> int:
@@ -858,7 +980,7 @@ def submit_command(args: argparse.Namespace) -> int:
             _print_run(exc.run)
             return _fail(str(exc), EXIT_WAIT_TIMEOUT)
         except KeyboardInterrupt:
-            print(f"\nstopped waiting; the run keeps going: {info.url}", file=sys.stderr)
+            print(f"\nstopped waiting; the run keeps going: {redact(info.url)}", file=sys.stderr)
             return EXIT_INTERRUPTED
         _print_run(info)
         return EXIT_OK if info.succeeded else EXIT_RUN_FAILED
@@ -875,7 +997,7 @@ def _print_schedule(info: ScheduleInfo) -> None:
     print(f"cron: {info.cron}  enabled: {str(info.enabled).lower()}  max concurrency: {info.max_concurrency}")
     if info.pipeline_name or info.version_name:
         print(f"pipeline: {info.pipeline_name}  version: {info.version_name}")
-    print(f"url: {info.url}")
+    print(f"url: {redact(info.url)}")
 
 
 def schedule_command(args: argparse.Namespace) -> int:

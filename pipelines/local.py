@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components import storage
+from components import storage, tracking
 from components.sample.dataset import SAMPLE_PATH
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
 from components.step_io import PIPELINE_RUN_ENV
@@ -245,7 +245,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="override a pipeline parameter, e.g. --param learning_rate=1e-4 (repeatable); "
-        "typed by the pipeline's declaration",
+        "typed by the pipeline's declaration; values that look like credentials are refused. "
+        "With --param mlflow_tracking_uri=http(s)://...: " + tracking.WAIT_HELP,
     )
 
 

@@ -28,9 +28,10 @@ from collections import deque
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components import storage
+from components.redact import describe_validation_error
 from components.resources import ResourceProfile
 from components.tracking import NULL_TRACKER, Tracker
 from components.train import distributed
@@ -203,20 +204,24 @@ def run_train_step(
             )
         gpus = gpus_used(placement.profile, gpus_per_node)
         extra_env = {MLFLOW_RUN_ENV: str(tracker.run_id), "MLFLOW_TRACKING_URI": str(tracker.tracking_uri)}
-        settings = pytorchjob.PyTorchJobSettings(
-            # From the output address: the same on a KFP retry, so the retry re-attaches to the job.
-            name=pytorchjob.job_name(config.output, "train"),
-            namespace=placement.namespace,
-            image=placement.image,
-            nodes=num_nodes,
-            gpus_per_node=gpus,
-            profile=placement.profile.model_copy(update={"gpus": gpus}),
-            train_config=config.model_dump(mode="json"),
-            env_from_secrets=placement.env_from_secrets,
-            extra_env=extra_env if tracker.enabled else {},
-            labels={pytorchjob.RUN_LABEL: placement.pipeline_run},
-            cleanup=placement.cleanup,
-        )
+        try:
+            settings = pytorchjob.PyTorchJobSettings(
+                # From the output address: the same on a KFP retry, so the retry re-attaches to the job.
+                name=pytorchjob.job_name(config.output, "train"),
+                namespace=placement.namespace,
+                image=placement.image,
+                nodes=num_nodes,
+                gpus_per_node=gpus,
+                profile=placement.profile.model_copy(update={"gpus": gpus}),
+                train_config=config.model_dump(mode="json"),
+                env_from_secrets=placement.env_from_secrets,
+                extra_env=extra_env if tracker.enabled else {},
+                labels={pytorchjob.RUN_LABEL: placement.pipeline_run},
+                cleanup=placement.cleanup,
+            )
+        except ValidationError as error:
+            # Without the refused values (pydantic's default shows them): some are credentials.
+            raise TrainError(f"PyTorchJob settings: {describe_validation_error(error)}") from None
         pytorchjob.launch(settings)
         return read_result(config.output)
     processes = processes_per_node(gpus_per_node, visible_gpu_count())

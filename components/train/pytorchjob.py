@@ -52,6 +52,7 @@ from kubernetes.client import CoreV1Api, V1DeleteOptions
 from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from components.redact import credential_in_value
 from components.resources import ResourceProfile, SecretEnv, apply_to_pod_spec
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,18 @@ _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-# A URL with a password in it (scheme://user:password@host) carries a credential in plain text.
-_URL_CREDENTIALS_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")
-# Words that mark a key as a credential ("hf_token", "MLFLOW_TRACKING_PASSWORD", "aws_secret_access_key");
-# whole words only, so "max_new_tokens" or "tokenizer" are fine.
-_SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "credential", "credentials", "apikey"})
-_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key")})
+# Words that mark a key as a credential ("hf_token", "MLFLOW_TRACKING_PASSWORD", "DB_PASS", "PWD");
+# whole words ("pass", not "passthrough"); endings and fragments below, so "max_new_tokens" or
+# "tokenizer" are fine.
+_SECRET_WORDS = frozenset({"pass", "passphrase"})
+_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key")})
+# Anywhere in a word, also in words glued together: AWS_SECRETACCESSKEY, DBPASSWORD, PRIVATEKEY.
+_SECRET_FRAGMENTS = ("password", "passwd", "credential", "apikey", "accesskey", "secretkey", "privatekey")
+# hf_token, HFTOKEN, MYSQLPWD, PWD, CLIENTSECRET ("secretive" is no credential).
+_SECRET_ENDINGS = ("token", "pwd", "secret")
+# A value that reads like key material (no spaces, letters and digits, 16+ characters): with a
+# name ending in "key" (STRIPE_KEY, LICENSE_KEY) it is a credential; "SORT_KEY=name" is not.
+_OPAQUE_VALUE_RE = re.compile(r"(?=.*[A-Za-z])(?=.*[0-9])[A-Za-z0-9+/=_.-]{16,}")
 
 # (connect, read) seconds per Kubernetes API request: a hung connection must not hang the step for
 # days. A tuple, not a float: the kubernetes client silently ignores a float timeout.
@@ -171,26 +178,43 @@ def _words(key: str) -> list[str]:
     return [word for word in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if word]
 
 
-def looks_like_secret(key: str) -> bool:
-    """True for names such as hf_token, AWS_SECRET_ACCESS_KEY, mlflowPassword, aws_access_key_id."""
+def looks_like_secret(key: str, value: object = None) -> bool:
+    """True when `key` names a credential or `value` is one (whatever the name).
+
+    Names: hf_token, AWS_SECRET_ACCESS_KEY, AWS_SECRETACCESSKEY, mlflowPassword, DB_PASS, PASSWD,
+    PWD, PRIVATE_KEY, and *_KEY with a key-looking value. Values: see redact.credential_in_value
+    (URL passwords, AWS keys, hf_/ghp_ tokens, JWTs, PEM private keys).
+    """
     words = _words(key)
-    return any(word in _SECRET_WORDS for word in words) or any(
+    if any(word in _SECRET_WORDS for word in words) or any(
         pair in _SECRET_PAIRS for pair in itertools.pairwise(words)
-    )
+    ):
+        return True
+    if any(fragment in word for word in words for fragment in _SECRET_FRAGMENTS):
+        return True
+    if any(word.endswith(_SECRET_ENDINGS) for word in words):
+        return True
+    if words and words[-1].endswith("key") and isinstance(value, str) and _OPAQUE_VALUE_RE.fullmatch(value):
+        return True
+    return credential_in_value(value) is not None
 
 
 def _secret_problems(value: Any, path: str) -> Iterable[str]:
-    """Where a mapping holds keys that name credentials, or strings with URL passwords in them."""
+    """Where a mapping holds keys that name credentials, or values that are credentials (never shown)."""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if looks_like_secret(str(key)):
+            text = item if isinstance(item, str) else None
+            if text is not None and (kind := credential_in_value(text)):
+                yield f"{path}.{key} holds what looks like {kind}"
+            elif looks_like_secret(str(key), text):
                 yield f"{path}.{key} looks like a credential"
-            yield from _secret_problems(item, f"{path}.{key}")
+            else:
+                yield from _secret_problems(item, f"{path}.{key}")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             yield from _secret_problems(item, f"{path}[{index}]")
-    elif isinstance(value, str) and _URL_CREDENTIALS_RE.search(value):
-        yield f"{path} holds a URL with a password in it"
+    elif isinstance(value, str) and (kind := credential_in_value(value)):
+        yield f"{path} holds what looks like {kind}"
 
 
 class PyTorchJobSettings(BaseModel):
@@ -333,13 +357,13 @@ class PyTorchJobSettings(BaseModel):
         for name, text in value.items():
             if not _ENV_NAME_RE.match(name):
                 raise ValueError(f"invalid environment variable name {name!r} in extra_env")
-            if looks_like_secret(name):
+            kind = credential_in_value(text)
+            if kind or looks_like_secret(name, text):
+                what = f"holds what looks like {kind}" if kind else "looks like a credential"
                 raise ValueError(
-                    f"extra_env.{name} looks like a credential: its value would be stored in plain text in "
-                    "the PyTorchJob; use secret_env (a Secret key reference) instead"
+                    f"extra_env.{name} {what}: its value would be stored in plain text in the PyTorchJob; "
+                    "use secret_env (a Secret key reference) instead"
                 )
-            if _URL_CREDENTIALS_RE.search(text):
-                raise ValueError(f"extra_env.{name} holds a URL with a password in it; use secret_env")
         return value
 
     @field_validator("labels")
