@@ -206,10 +206,10 @@ def test_profile_gives_gpus_efa_shm_tolerations_and_node_selector() -> None:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     limits = container["resources"]["limits"]
-    # tensor_parallel 2 x pipeline_parallel 1: a quarter of the 8-GPU node profile, sized in proportion.
+    # tensor_parallel 2 x pipeline_parallel 1: twice the 1-GPU build profile, sized in proportion.
     assert limits[GPU_RESOURCE] == "2" and limits[EFA_RESOURCE] == "4"
-    assert container["resources"]["requests"] == {"cpu": "24", "memory": "250Gi"}
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}} in pod["volumes"]
+    assert container["resources"]["requests"] == {"cpu": "40", "memory": "480Gi"}
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in pod["volumes"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["nodeSelector"] == {
@@ -493,7 +493,7 @@ def test_names_sizes_and_revisions_are_deterministic() -> None:
         (ENGINE, {"image": "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"}, "TRT-LLM 1.1.0"),
         # Engine built on sm90 (H100), node pool of A100s (sm80).
         (ENGINE, {"profile": preset_profiles("p4d").build}, "sm80"),
-        (ENGINE, {"size_to_engine": False}, "kubernetes.profile.gpus is 8"),
+        (ENGINE, {"size_to_engine": False}, "kubernetes.profile.gpus is 1"),
         (
             HF,
             {"autoscale_max_replicas": 2, "profile": ResourceProfile(gpus=1)},

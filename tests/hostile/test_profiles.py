@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from components.build.build import BuildConfig, BuildError, build
+from components.build.build import BuildConfig, build
 from components.curate.curate import CurateConfig, curate
+from components.model_source import ModelSourceError
 from components.resources import ProfileConfigError, load_profiles, preset_profiles
 from components.sample.dataset import SAMPLE_PATH
 from components.train.train import TrainConfig
@@ -331,7 +332,7 @@ def curated(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_build_refuses_a_curated_dataset_as_model(curated: str, tmp_path: Path) -> None:
     output = tmp_path / "repository"
-    with pytest.raises(BuildError) as error:
+    with pytest.raises(ModelSourceError) as error:
         build(BuildConfig(model=curated, output=str(output)))
     assert str(error.value) == f"not a Hugging Face checkpoint: no config.json in {curated}"
     assert not output.exists()
