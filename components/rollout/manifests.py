@@ -517,12 +517,20 @@ def _s3_env(settings: KubernetesSettings, endpoint_variable: bool) -> list[dict[
     return env
 
 
+# Bound on one HTTP request body. The served models refuse prompts far below it (16 bytes per token of
+# the context at most: 2 MiB for a 128k context); this keeps tritonserver itself from buffering an
+# arbitrary body. Releases before 25.11 crashed on multi-MB JSON bodies (server PR #8432); every
+# image in serving_compat's table is newer and answers 400 instead. The flag exists since 25.05.
+HTTP_MAX_INPUT_BYTES = 8 * 2**20
+
+
 def triton_args(plan: ServingPlan) -> list[str]:
     return [
         f"--model-repository={plan.triton_repository}",
         f"--http-port={HTTP_PORT}",
         f"--grpc-port={GRPC_PORT}",
         f"--metrics-port={METRICS_PORT}",
+        f"--http-max-input-size={HTTP_MAX_INPUT_BYTES}",
         "--allow-metrics=true",
         # config.pbtxt files are complete; auto-complete would start each python model once more to ask it.
         "--disable-auto-complete-config",

@@ -184,6 +184,8 @@ def test_deployment_runs_tritonserver_with_probes_ports_and_labels() -> None:
     assert container["command"] == ["tritonserver"]
     assert f"--model-repository={ENGINE_REPOSITORY_PATH}" in container["args"]
     assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(container["args"])
+    # tritonserver refuses a request body over 8 MiB itself (400), before any model buffers it.
+    assert "--http-max-input-size=8388608" in container["args"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "http": 8000,
         "grpc": 8001,
