@@ -69,7 +69,7 @@ class BuildError(ValueError):
 
 
 class BuildConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(description=f"Merged model to serve: {MODEL_HELP}.")
     output: str = Field(description="Where to write the Triton model repository (path or s3://).")

@@ -92,7 +92,7 @@ class CurateError(ValueError):
 class CurateConfig(BaseModel):
     """Parameters of the curate step; each field is a CLI option (--field-name)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     inputs: list[str] = Field(
         min_length=1,

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class FinalizeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     storage_root: str = Field(description="The pipeline's storage root (path or s3://).")
     pipeline_run: str = Field(description="The KFP run id.")

@@ -146,7 +146,7 @@ def run_torchrun(
 class ClusterPlacement(BaseModel):
     """Where a multi-node train runs: fixed when the pipeline is compiled, plus the run's id."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pipeline_run: str = Field(description="KFP run id: the PyTorchJob's llmft.io/pipeline-run label.")
     namespace: str = Field(description="Namespace of the PyTorchJob.")
