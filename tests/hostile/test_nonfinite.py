@@ -403,3 +403,16 @@ def test_mlflow_gets_a_tag_not_a_nan_metric(tmp_path: Path) -> None:
     assert run.data.metrics == {"train_loss": 1.25}
     assert run.data.tags[f"{NONFINITE_TAG_PREFIX}val_loss"] == "nan at step 3"
     assert run.data.tags[f"{NONFINITE_TAG_PREFIX}rate"] == "inf at step 3"
+
+
+def test_a_train_result_with_nulls_reads_back_as_nan(tmp_path: Path) -> None:
+    """torchrun's caller reads the result from metrics.json, where a NaN is now null."""
+    from components.train.launch import read_result
+
+    result = TrainResult(
+        adapter="a", output=str(tmp_path), steps=2, epochs=1.0, first_loss=2.0, final_loss=1.0,
+        val_loss=math.nan, train_tokens=10, tokens_per_second=math.inf, runtime_s=1.0,
+    )  # fmt: skip
+    (tmp_path / "metrics.json").write_text(jsonout.dumps(result.model_dump()))
+    read = read_result(str(tmp_path))
+    assert math.isnan(read.val_loss) and math.isnan(read.tokens_per_second) and read.final_loss == 1.0
