@@ -631,10 +631,13 @@ def _check_nonfinite(
         if config.max_nonfinite_steps
         else ""
     )
-    raise TrainError(
-        f"step {step}: {values}{count}, {cause}. No adapter was written; the newest checkpoint in "
-        f"{checkpoints} may hold diverging weights already: rerun with resume: never to start over"
+    # Checkpoints saved after some updates may hold weights already on their way to NaN.
+    restart = (
+        f"; the newest checkpoint in {checkpoints} may hold diverging weights: rerun with resume: never"
+        if updates
+        else ""
     )
+    raise TrainError(f"step {step}: {values}{count}, {cause}. No adapter was written{restart}")
 
 
 def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
