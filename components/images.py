@@ -98,7 +98,7 @@ def _looks_like_registry(component: str) -> bool:
 class Images(BaseModel):
     """Full image reference per image family."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     base: str = Field(description="python slim + llmft[base]: curate, rollout, finalize, CLI.")
     train: str = Field(description="CUDA PyTorch + llmft[train]: train, evaluate, export.")

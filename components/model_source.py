@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components import storage
+from components import jsonout, storage
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def directory_digest(root: Path, cache_root: str | Path | None = None) -> str:
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         staging = record_path.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(json.dumps(record), encoding="utf-8")
+        staging.write_text(jsonout.dumps(record), encoding="utf-8")
         staging.replace(record_path)
     except OSError as error:  # a read-only cache costs time later, not correctness
         log.warning("cannot record the digest of %s in %s: %s", root, record_path, error)
@@ -398,7 +398,7 @@ def _download_plain(
             size, sha256 = target.stat().st_size, storage.sha256_file(target)
             entries.append(storage.FileEntry(path=name, size=size, sha256=sha256))
         digest = storage.Manifest(files=entries, created_at="", producer="", metadata={}).digest
-        (staging / SOURCE_RECORD).write_text(json.dumps({"uri": uri, "digest": digest}), encoding="utf-8")
+        (staging / SOURCE_RECORD).write_text(jsonout.dumps({"uri": uri, "digest": digest}), encoding="utf-8")
         try:
             staging.rename(local)
         except OSError:

@@ -140,7 +140,7 @@ def cpu_cores(quantity: str) -> Decimal:
 class Toleration(BaseModel):
     """A pod toleration, as in the Kubernetes PodSpec (snake_case here, camelCase in pod specs)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all.")
     operator: Literal["Equal", "Exists"] = Field(
@@ -184,7 +184,7 @@ class Toleration(BaseModel):
 class SecretEnv(BaseModel):
     """An environment variable read from a key of a Kubernetes Secret (never a literal value)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Environment variable name in the container, e.g. HF_TOKEN.")
     secret: str = Field(description="Name of the Secret in the pod's namespace.")
@@ -225,7 +225,7 @@ class SecretEnv(BaseModel):
 class ResourceProfile(BaseModel):
     """What one step's pods request from the cluster and where they may be scheduled."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     gpus: int = Field(default=0, ge=0, description=f"GPUs per pod ({GPU_RESOURCE} limit); 0 for CPU steps.")
     gpu_product: str | None = Field(
@@ -440,7 +440,7 @@ class ResourceProfile(BaseModel):
 class PipelineProfiles(BaseModel):
     """One `ResourceProfile` per pipeline step; the defaults are the p5.48xlarge preset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     curate: ResourceProfile = Field(
         default_factory=lambda: _preset_step("p5", "curate"), description="Data curation (CPU, base image)."

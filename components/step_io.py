@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from components import redact, storage, tracking
+from components import jsonout, redact, storage, tracking
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -98,7 +98,9 @@ def point_artifact(artifact: ArtifactLike, uri: str, metadata: Mapping[str, Any]
     """Record `uri` (and metadata) on a KFP output artifact; its file holds only the pointer."""
     artifact.metadata.update({"uri": uri, **(metadata or {})})
     Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2, sort_keys=True), encoding="utf-8")
+    Path(artifact.path).write_text(
+        jsonout.dumps(artifact.metadata, indent=2, sort_keys=True), encoding="utf-8"
+    )
 
 
 def artifact_uri(artifact: ArtifactLike) -> str:
@@ -150,5 +152,5 @@ def run_component_step(
         "result": result.model_dump(mode="json"),
         "mlflow_run_id": mlflow_run_id,
     }
-    storage.write_text(summary_uri(storage_root, pipeline_run, step), json.dumps(record, indent=2))
+    storage.write_text(summary_uri(storage_root, pipeline_run, step), jsonout.dumps(record, indent=2))
     return result, mlflow_run_id

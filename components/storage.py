@@ -25,6 +25,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from components import jsonout
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_MANIFEST.json"
@@ -251,7 +253,7 @@ class Manifest:
         return hashlib.sha256(joined.encode()).hexdigest()
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "digest": self.digest}, indent=2, sort_keys=True)
+        return jsonout.dumps({**asdict(self), "digest": self.digest}, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST_NAME) -> Manifest:

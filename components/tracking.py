@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ WAIT_HELP = (
 )
 PIPELINE_RUN_TAG = "llmft.pipeline_run"
 STEP_TAG = "llmft.step"
+# Tag prefix of a metric whose value was not a finite number (see Tracker.log_metrics).
+NONFINITE_TAG_PREFIX = "llmft.nonfinite."
 
 
 class TrackingUnreachable(RuntimeError):
@@ -108,11 +111,21 @@ class Tracker:
             return
         import time
 
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         numbers = {k: float(v) for k, v in _flatten(metrics).items() if isinstance(v, int | float)}
-        self._client().log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
+        # A NaN or inf metric breaks MLflow's charts and run comparisons, and a missing point reads as
+        # "not measured": it is recorded as a tag that says what it was, and at which step.
+        self._client().log_batch(
+            self.run_id,
+            metrics=[Metric(k, v, now, step) for k, v in numbers.items() if math.isfinite(v)],
+            tags=[
+                RunTag(f"{NONFINITE_TAG_PREFIX}{k}", f"{v} at step {step}")
+                for k, v in numbers.items()
+                if not math.isfinite(v)
+            ],
+        )
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if not self.enabled:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import json
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from components import jsonout
 from components.defaults import DEFAULT_EXPERIMENT
 from components.redact import describe_validation_error, install_log_redaction, redact
 
@@ -303,7 +303,7 @@ def _run_step_command(name: str, args: argparse.Namespace, argv: list[str]) -> i
     if run_id:
         print(f"MLflow run: {run_id} ({redact(uri)})")
     if args.json:
-        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        print(jsonout.dumps(result.model_dump(mode="json"), indent=2))
     return 0
 
 

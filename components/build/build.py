@@ -23,7 +23,6 @@ manifest is written last and rollout refuses a half-written repository.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components import serving_compat, storage
+from components import jsonout, serving_compat, storage
 from components.build.triton_hf import (
     ContextLengthError,
     HfModelSettings,
@@ -70,7 +69,7 @@ class BuildError(ValueError):
 
 
 class BuildConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(description=f"Merged model to serve: {MODEL_HELP}.")
     output: str = Field(description="Where to write the Triton model repository (path or s3://).")
@@ -462,7 +461,7 @@ def build(config: BuildConfig) -> BuildResult:
         }
         if config.serving_mode in TRTLLM_MODES:
             (staging / ENGINE_METADATA_NAME).write_text(
-                json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+                jsonout.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
         manifest = storage.publish_dir(staging, config.output, producer=PRODUCER, metadata=metadata)
     result = BuildResult(

@@ -27,7 +27,7 @@ InstanceKind = Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU"]
 class TensorSpec(BaseModel):
     """One input or output of a Triton model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Tensor name, as clients (or the ensemble) send it.")
     data_type: TritonDataType = Field(description="Triton data type (TYPE_STRING is BYTES on the wire).")

@@ -84,7 +84,7 @@ def context_length(config_json: Path) -> int:
 class HfModelSettings(BaseModel):
     """Everything config.pbtxt of the hf python-backend model says."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model_name: str = Field(description="Triton model name (the directory name in the repository).")
     max_new_tokens: int = Field(ge=1, description="Tokens generated when a request has no max_tokens.")

@@ -46,7 +46,7 @@ MODEL_FILE = Path(__file__).parent / "trtllm_llmapi_model.py"
 class LlmapiSettings(BaseModel):
     """Everything config.pbtxt and model.yaml of the llmapi model say."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model_name: str = Field(description="Triton model name (the directory name in the repository).")
     max_batch_size: int = Field(ge=1, description="Requests TRT-LLM batches in flight (LLM max_batch_size).")

@@ -59,7 +59,7 @@ POSTPROCESSING_FILE = _HERE / "trtllm_postprocessing_model.py"
 class EnsembleSettings(BaseModel):
     """Everything the four config.pbtxt files of the ensemble say."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model_name: str = Field(description="Name of the ensemble: the model clients call.")
     max_batch_size: int = Field(ge=1, description="Triton max_batch_size of every model (the engine's too).")

@@ -44,7 +44,7 @@ class TrtllmUnavailableError(ImportError):
 class EngineBuildPlan(BaseModel):
     """Every TensorRT-LLM call of one engine build, with its arguments."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     checkpoint: str = Field(description="Local merged HF checkpoint directory (LLM's model argument).")
     engine_dir: str = Field(

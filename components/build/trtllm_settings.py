@@ -23,7 +23,7 @@ AttentionPlugin = Literal["auto", "float16", "bfloat16", "float32", "disable"]
 
 
 class TrtllmSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tensor_parallel_size: int = Field(
         default=1,
@@ -80,7 +80,7 @@ class TrtllmSettings(BaseModel):
 
 
 class TritonTrtllmSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     batching_strategy: Literal["inflight_fused_batching", "v1"] = Field(
         default="inflight_fused_batching",

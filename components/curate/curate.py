@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
-from components import storage
+from components import jsonout, storage
 from components.curate import formats, pii, workdirs
 from components.curate.decontaminate import NgramIndex
 from components.curate.filters import QualitySettings
@@ -92,7 +92,7 @@ class CurateError(ValueError):
 class CurateConfig(BaseModel):
     """Parameters of the curate step; each field is a CLI option (--field-name)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     inputs: list[str] = Field(
         min_length=1,
@@ -1359,7 +1359,7 @@ def _curate_into(config: CurateConfig, directory: Path) -> tuple[dict[str, Any],
 
         stats = build_stats(config, run.tallies, sink, run.stage_details())
         check_accounting(stats)
-        stats_text = json.dumps(stats, indent=2, ensure_ascii=False) + "\n"
+        stats_text = jsonout.dumps(stats, indent=2, ensure_ascii=False) + "\n"
         (directory / STATS_FILE).write_text(stats_text, encoding="utf-8")
         page = render_report(stats, histogram(sink.response_lengths), sink.report_examples())
         (directory / REPORT_FILE).write_text(page, encoding="utf-8")

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from components import jsonout
+
 log = logging.getLogger(__name__)
 
 OWNER_FILE = ".owner.json"
@@ -68,7 +70,7 @@ def write_owner(directory: Path, pid: int | None = None) -> None:
     """Record which process owns `directory` (this one by default)."""
     pid = os.getpid() if pid is None else pid
     owner = {"host": socket.gethostname(), "pid": pid, "started": _process_start(pid)}
-    (directory / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+    (directory / OWNER_FILE).write_text(jsonout.dumps(owner), encoding="utf-8")
 
 
 def _known_owner(directory: Path) -> tuple[int, int | None] | None:

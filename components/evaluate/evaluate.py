@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from components import storage
+from components import jsonout, storage
 from components.evaluate import metrics
 from components.evaluate.production import (
     PRODUCTION_ALIAS,
@@ -62,7 +62,7 @@ class EvaluateError(ValueError):
 
 
 class GateThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_exact_match_gain: float = Field(
         0.0, description="The tuned model's exact match minus the base model's must be at least this."
@@ -85,7 +85,7 @@ class GateThresholds(BaseModel):
 
 
 class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_model: str = Field(min_length=1, description=BASE_MODEL_HELP)
     adapter: str = Field(
@@ -194,9 +194,28 @@ def _check(
     return ok, reason if ok else f"{reason} (required {operator} {limit:.{digits}f})"
 
 
+def _nonfinite_checks(label: str, scores: ModelScores) -> list[tuple[bool, str]]:
+    """A failed check for each score that is not a finite number: the gate fails closed on them.
+
+    A threshold alone is not enough: inf passes a lower bound, and nan passes any check written
+    as a negation; a non-finite score means broken weights, so none is left to chance.
+    """
+    return [
+        (
+            False,
+            f"{label} {name} is {value} (required: a finite number; the model's weights or outputs are "
+            "not finite, or no response token was scored)",
+        )
+        for name in SCORE_NAMES
+        if not math.isfinite(value := getattr(scores, name))
+    ]
+
+
 def decide_gate(base: ModelScores, tuned: ModelScores, thresholds: GateThresholds) -> tuple[bool, list[str]]:
     """Check every threshold (not just up to the first failure) so the reasons tell the whole story."""
     checks = [
+        *_nonfinite_checks("base", base),
+        *_nonfinite_checks("tuned", tuned),
         _check(
             "exact_match gain", tuned.exact_match - base.exact_match, ">=", thresholds.min_exact_match_gain, 3
         ),
@@ -212,6 +231,10 @@ def decide_production_gate(
 ) -> tuple[bool, str]:
     """No regression against the serving model: tuned >= production - max_regression on the metric."""
     name = thresholds.regression_metric
+    nonfinite = _nonfinite_checks("production", production)
+    if nonfinite:
+        # Fail closed: a comparison with a model whose scores are not numbers proves nothing.
+        return False, "; ".join(reason for _, reason in nonfinite)
     return _check(
         f"tuned {name} vs production",
         getattr(tuned, name) - getattr(production, name),
@@ -683,10 +706,10 @@ def _publish(
         (Path(output) / storage.MANIFEST_NAME).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as staging:
         root = Path(staging)
-        (root / "metrics.json").write_text(json.dumps(metrics_doc, indent=2), encoding="utf-8")
+        (root / "metrics.json").write_text(jsonout.dumps(metrics_doc, indent=2), encoding="utf-8")
         with open(root / "generations.jsonl", "w", encoding="utf-8") as handle:
             for line in generations:
-                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                handle.write(jsonout.dumps(line, ensure_ascii=False) + "\n")
         (root / "report.html").write_text(html, encoding="utf-8")
         storage.publish_dir(
             staging,

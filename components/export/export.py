@@ -27,7 +27,7 @@ class ExportError(ValueError):
 
 
 class ExportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_model: str = Field(min_length=1, description=BASE_MODEL_HELP)
     adapter: str = Field(

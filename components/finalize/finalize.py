@@ -7,21 +7,20 @@ state, so scheduled runs leave a trace even when a step failed before logging an
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from components import storage
+from components import jsonout, storage
 from components.tracking import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 
 
 class FinalizeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     storage_root: str = Field(description="The pipeline's storage root (path or s3://).")
     pipeline_run: str = Field(description="The KFP run id.")
@@ -56,7 +55,7 @@ def finalize(config: FinalizeConfig, tracker: Tracker = NULL_TRACKER) -> Finaliz
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     uri = storage.join(config.storage_root, "runs", config.pipeline_run, "outcome.json")
-    storage.write_text(uri, json.dumps(outcome, indent=2))
+    storage.write_text(uri, jsonout.dumps(outcome, indent=2))
     tracker.set_tags({"llmft.pipeline_state": config.state, "llmft.failed_task": config.failed_task})
     if not succeeded:
         log.error("pipeline run %s ended %s: %s", config.pipeline_run, config.state, config.error_message)

@@ -109,7 +109,7 @@ def default_server_profile() -> ResourceProfile:
 class KubernetesSettings(BaseModel):
     """Where and how the `kubernetes` target runs Triton."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     namespace: str = Field(default="llmft", description="Namespace of the Deployment, Service and HPA.")
     name: str | None = Field(

@@ -51,7 +51,7 @@ class RolloutError(RuntimeError):
 
 
 class RolloutConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     repository: str = Field(
         description="Triton model repository written by build (path or s3://; the local target downloads it)."

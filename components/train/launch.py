@@ -62,9 +62,11 @@ def torchrun_command(nproc_per_node: int) -> list[str]:
 def read_result(output: str) -> TrainResult:
     """The TrainResult that rank 0 wrote to `output`/metrics.json."""
     metrics = json.loads(storage.read_text(storage.join(output, "metrics.json")))
-    fields = {name: metrics[name] for name in TrainResult.model_fields}
-    if fields["val_loss"] is None:  # written as null when there was no validation set
-        fields["val_loss"] = math.nan
+    # JSON has no NaN: a number that was not finite (val_loss without a validation set) is null there.
+    fields = {
+        name: math.nan if metrics[name] is None and info.annotation is float else metrics[name]
+        for name, info in TrainResult.model_fields.items()
+    }
     return TrainResult(**fields)
 
 
@@ -146,7 +148,7 @@ def run_torchrun(
 class ClusterPlacement(BaseModel):
     """Where a multi-node train runs: fixed when the pipeline is compiled, plus the run's id."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pipeline_run: str = Field(description="KFP run id: the PyTorchJob's llmft.io/pipeline-run label.")
     namespace: str = Field(description="Namespace of the PyTorchJob.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -33,9 +34,10 @@ from typing import Any
 
 import yaml
 
-from components import storage
+from components import jsonout, storage
 from components.model_source import resolve_model
 from components.records import read_records
+from components.train.plan import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def write_chat_dataset(train_jsonl: Path, destination: Path) -> int:
                 {"role": "user", "content": record.prompt},
                 {"role": "assistant", "content": record.response},
             ]
-            handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            handle.write(jsonout.dumps({"messages": messages}, ensure_ascii=False) + "\n")
             count += 1
     return count
 
@@ -201,6 +203,16 @@ def read_losses(checkpoint_dir: Path) -> tuple[list[tuple[int, float]], int, int
         return [], 0, 0
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     curve = [(int(row["step"]) + 1, float(row["loss"])) for row in rows]
+    for row, (step, loss) in zip(rows, curve, strict=True):
+        # AutoModel trains on through NaN; its adapter is then NaN too and must not be published.
+        grad_norm = float(row.get("grad_norm", 0.0))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise TrainError(
+                f"NeMo AutoModel step {step}: the loss is {loss} and the gradient norm is {grad_norm} "
+                f"({path}): training diverged; the likely cause is a learning rate too high for this "
+                "model (try learning_rate 10 times lower), or non-finite weights in the base model. "
+                "No adapter was written"
+            )
     label_tokens = sum(int(row.get("num_label_tokens", 0)) for row in rows)
     return curve, label_tokens, sum(int(row.get("num_tokens_per_step", 0)) for row in rows)
 
@@ -267,7 +279,7 @@ def publish_adapter(
                 shutil.copy2(path, Path(staging) / path.name)
         adapter_config = json.loads((Path(staging) / "adapter_config.json").read_text())
         adapter_config["base_model_name_or_path"] = base_model
-        (Path(staging) / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        (Path(staging) / "adapter_config.json").write_text(jsonout.dumps(adapter_config, indent=2))
         storage.publish_dir(
             staging,
             destination,

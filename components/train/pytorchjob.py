@@ -220,7 +220,7 @@ def _secret_problems(value: Any, path: str) -> Iterable[str]:
 class PyTorchJobSettings(BaseModel):
     """Everything `build_pytorchjob` and `launch` need: the job's shape, its pods, and how to wait for it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(
         description=f"Job name: a DNS-1035 label of at most {MAX_JOB_NAME} characters; use `job_name()` so "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import math
 import random
@@ -36,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from components import storage
+from components import jsonout, storage
 from components.model_source import BASE_MODEL_HELP, resolve_model
 from components.records import Record, read_records
 from components.tracking import NULL_TRACKER, Tracker
@@ -58,7 +57,7 @@ LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 
 class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     r: int = Field(16, ge=1, description="LoRA rank: size of the low-rank update matrices.")
     alpha: int = Field(32, ge=1, description="LoRA alpha: the update is scaled by alpha / r.")
@@ -70,7 +69,8 @@ class LoraSettings(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf or nan in a float setting (--learning-rate inf) trains a model of NaN weights: refused here.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_model: str = Field(min_length=1, description=BASE_MODEL_HELP)
     data: str = Field(
@@ -117,6 +117,13 @@ class TrainConfig(BaseModel):
         "never: start from step 0 (existing checkpoints are removed).",
     )
     log_every_steps: int = Field(10, ge=1, description="Log loss and learning rate every N steps.")
+    max_nonfinite_steps: int = Field(
+        0,
+        ge=0,
+        description="Steps whose loss or gradient norm is not finite (nan, inf) that may be skipped (no "
+        "optimizer update) before training stops with an error; 0: stop at the first. Counted over "
+        "this run (a resumed run counts afresh).",
+    )
     seed: int = Field(42, description="Seed for adapter init and data order.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     sharding: Literal["auto", "ddp", "fsdp"] = Field(
@@ -572,6 +579,67 @@ def _validation_loss(
     return loss_sum / total_tokens if total_tokens else math.nan
 
 
+def _as_float(norm: Any) -> float:
+    """clip_grad_norm_'s total norm as a float (under FSDP a DTensor: made whole first).
+
+    Reading it waits for the GPU, but only for the norm: the step's loss was read already.
+    """
+    full_tensor = getattr(norm, "full_tensor", None)
+    return float(full_tensor() if full_tensor else norm)
+
+
+def _check_nonfinite(
+    config: TrainConfig,
+    skipped: list[int],
+    loss: float,
+    grad_norm: float,
+    updates: int,
+    resumed_from: str | None,
+    checkpoints: str,
+) -> None:
+    """After a step with a non-finite loss or gradient norm (its number last in `skipped`): log that
+    it is skipped, or raise TrainError once more than `max_nonfinite_steps` were, with the likely cause."""
+    step = skipped[-1]
+    values = f"the loss is {loss} and the gradient norm is {grad_norm}"
+    if len(skipped) <= config.max_nonfinite_steps:
+        log.warning(
+            "step %d: %s; skipped without an update (%d of max_nonfinite_steps %d)",
+            step,
+            values,
+            len(skipped),
+            config.max_nonfinite_steps,
+        )
+        return
+    if updates == 0:
+        # Nothing this run did changed the weights: they came in that way.
+        loaded = f"the checkpoint {resumed_from}" if resumed_from else f"--base-model {config.base_model}"
+        cause = (
+            f"before any update of this run, so {loaded} already computes non-finite values: check its "
+            "weights for nan or inf"
+        )
+    else:
+        cause = (
+            f"after {updates} update{'s' if updates > 1 else ''}: training diverged; the likely cause is "
+            f"a learning rate too high for this model (learning_rate {config.learning_rate:g}: try it 10 "
+            "times lower)"
+        )
+    if config.precision == "fp16":
+        cause += ", or fp16 overflowing (use precision bf16 or fp32)"
+    count = (
+        f" ({len(skipped)} such steps: {', '.join(map(str, skipped[-10:]))}; max_nonfinite_steps "
+        f"{config.max_nonfinite_steps})"
+        if config.max_nonfinite_steps
+        else ""
+    )
+    # Checkpoints saved after some updates may hold weights already on their way to NaN.
+    restart = (
+        f"; the newest checkpoint in {checkpoints} may hold diverging weights: rerun with resume: never"
+        if updates
+        else ""
+    )
+    raise TrainError(f"step {step}: {values}{count}, {cause}. No adapter was written{restart}")
+
+
 def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     """Train a LoRA adapter; under torchrun, one rank of a data parallel job."""
     if config.backend == "nemo":
@@ -643,7 +711,7 @@ def _train_with_nemo(config: TrainConfig, tracker: Tracker) -> TrainResult:
         "eval_curve": [],
         "backend": "nemo",
     }
-    storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics_file, indent=2))
+    storage.write_text(storage.join(config.output, "metrics.json"), jsonout.dumps(metrics_file, indent=2))
     return result
 
 
@@ -790,6 +858,7 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
     last_saved = progress.step if resumed_from else -1
     loop_started = time.perf_counter()
     window_tokens, window_all_tokens, window_started = 0, 0, loop_started
+    updates, skipped = 0, []  # optimizer updates of this run; steps skipped for a non-finite loss or gradient
     # Rank 0 draws the progress bar; disable=None draws it only on a terminal.
     bar = tqdm(
         total=total_steps, initial=progress.step, desc="train", unit="step", disable=True if rank else None
@@ -810,16 +879,24 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
                 share = group[rank * accumulation : (rank + 1) * accumulation]
                 rank_loss = _accumulate_gradients(model, share, step_tokens, pad_id, device)
             step_loss = distributed.all_reduce_sum([rank_loss])[0]
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            scheduler.step()
+            # Every rank sees the same (all-reduced) loss and gradient norm, so all skip or stop together.
+            grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(parameters, 1.0))
+            if math.isfinite(step_loss) and math.isfinite(grad_norm):
+                optimizer.step()
+                scheduler.step()
+                updates += 1
+            else:
+                # One non-finite gradient makes every weight NaN after the update: no update at all.
+                skipped.append(progress.step + 1)
+                _check_nonfinite(config, skipped, step_loss, grad_norm, updates, resumed_from, checkpoints)
             optimizer.zero_grad(set_to_none=True)
             progress.step += 1
             progress.position += 1
             step_all_tokens = sum(len(example.input_ids) for batch in group for example in batch)
             progress.tokens += step_tokens
             progress.all_tokens += step_all_tokens
-            progress.loss_curve.append((progress.step, step_loss))
+            if skipped[-1:] != [progress.step]:
+                progress.loss_curve.append((progress.step, step_loss))
             window_tokens += step_tokens
             window_all_tokens += step_all_tokens
             bar.update(1)
@@ -856,11 +933,24 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             progress.position = 0
     bar.close()
     loop_seconds = time.perf_counter() - loop_started
+    if skipped and not updates:
+        raise TrainError(
+            f"all {len(skipped)} steps of this run had a non-finite loss or gradient norm "
+            f"(max_nonfinite_steps {config.max_nonfinite_steps}), so nothing was trained: check the "
+            f"weights of {resumed_from or config.base_model} for nan or inf"
+        )
 
     if config.fused:
         val_loss = _packed_validation_loss(model, val_examples, token_budget, pad_id, device)
     else:
         val_loss = _validation_loss(peft_model, val_examples, config.micro_batch_size, pad_id, device)
+    if val_examples and not math.isfinite(val_loss):
+        # The training losses were finite, but the updated weights are not usable.
+        raise TrainError(
+            f"the validation loss after step {progress.step} is {val_loss}: the adapter's weights are "
+            f"not finite (learning_rate {config.learning_rate:g} may be too high, or precision "
+            f"{config.precision} overflows); no adapter was written"
+        )
     tracker.log_metrics({"val_loss": val_loss}, step=progress.step)
     runtime = time.perf_counter() - started
     if last_saved != progress.step:
@@ -904,11 +994,12 @@ def _train(config: TrainConfig, device: Any, tracker: Tracker) -> TrainResult:
             "world_size": world,
             "sharding": sharding,
             "resumed_from": resumed_from,
+            "skipped_steps": skipped,  # a non-finite loss or gradient norm: no update (max_nonfinite_steps)
         }
         if device.type == "cuda":
             # Rank 0's peak over this attempt: what sharding saves shows here.
             metrics_file["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        storage.write_text(storage.join(config.output, "metrics.json"), json.dumps(metrics_file, indent=2))
+        storage.write_text(storage.join(config.output, "metrics.json"), jsonout.dumps(metrics_file, indent=2))
     # Every rank returns once the adapter and metrics exist.
     distributed.barrier()
     return result
