@@ -323,10 +323,11 @@ def directory_digest(root: Path, cache_root: str | Path | None = None) -> str:
 
 def _resolve_local(uri: str, cache_root: str | Path | None) -> ModelSource:
     root = Path(uri)
-    if not root.exists():
+    problem = storage.local_path_problem(root, "directory")
+    if problem and not root.exists() and not root.is_symlink():
         raise ModelNotFoundError(f"model not found: {uri} does not exist")
-    if not root.is_dir():
-        raise ModelSourceError(f"{uri} is a file: a model is a checkpoint directory (with {CONFIG_FILE})")
+    if problem:
+        raise ModelSourceError(f"{uri} {problem}: a model is a checkpoint directory (with {CONFIG_FILE})")
     if (root / storage.MANIFEST_NAME).is_file():
         manifest = storage.require_complete(uri)
         check_checkpoint(_local_files(root, uri))

@@ -3,7 +3,12 @@
 Every step reads and writes through these functions, so a run moves between a laptop
 (plain directories) and EKS (S3) by changing a URI, not code. S3 access uses boto3's
 standard credential chain; `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) points it at an
-S3-compatible store. Transfers are multipart with retries and backoff.
+S3-compatible store. Transfers are multipart with retries and backoff, bounded so that an
+unreachable endpoint fails in seconds (see `S3_CONNECT_TIMEOUT_S`, `S3_MAX_ATTEMPTS`). Every
+botocore failure leaves this module as a `StorageError` that names the URI and what to check.
+
+`check_apart` refuses an output that is, contains or lies inside one of a step's inputs: every
+step calls it first, so no output ever overwrites the model or data it reads.
 
 A directory is complete only when its manifest (file list, sizes, sha256) has been
 written last. `publish_dir` writes it; `require_complete` refuses a directory without
@@ -12,13 +17,16 @@ one, so a crashed writer never leaves something that looks finished.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -32,14 +40,41 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "_MANIFEST.json"
 _MULTIPART_THRESHOLD = 64 * 1024 * 1024
 _MULTIPART_CHUNK = 64 * 1024 * 1024
+# An unreachable endpoint must fail in seconds, not after botocore's minutes of retries: each
+# attempt may wait S3_CONNECT_TIMEOUT_S to connect, and the S3_MAX_ATTEMPTS attempts back off
+# by at most 1 + 2 s between them, so a dead endpoint is reported within about 3 x 5 + 3 = 18 s
+# (a refused connection within about 3 s). Throttling (503 SlowDown) gets the same retries.
+S3_CONNECT_TIMEOUT_S = 5
+S3_READ_TIMEOUT_S = 60
+S3_MAX_ATTEMPTS = 3
+_ENDPOINT_HELP = "AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and the network"
+_CREDENTIALS_HELP = (
+    "boto3's credential chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the "
+    "pod's or instance's IAM role"
+)
 
 
 class IncompleteDirectoryError(RuntimeError):
     """A directory has no manifest, or its files do not match it."""
 
 
+class MissingDirectoryError(IncompleteDirectoryError):
+    """Nothing usable is where a directory should be: no such path or prefix, a loop, a device."""
+
+
 class UnsafeManifestError(IncompleteDirectoryError):
     """A manifest that is malformed, or lists a path that would land outside its directory."""
+
+
+class StorageError(RuntimeError):
+    """S3 could not be used (no credentials, unreachable endpoint, no bucket, access denied).
+
+    The message names the URI and what to check; never a credential.
+    """
+
+
+class OverlappingPathsError(ValueError):
+    """An output is, contains or lies inside one of the step's inputs."""
 
 
 def is_s3(uri: str) -> bool:
@@ -60,13 +95,148 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+# --- inputs and outputs ------------------------------------------------------------------
+
+
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def local_path_problem(path: str | Path, want: str) -> str | None:
+    """Why the local `path` cannot be read as `want` ("directory" or "file"); None when it can.
+
+    Tells apart what `Path.exists()` lumps together: a missing path, a dangling symlink, a symlink
+    loop, and a device or pipe (/dev/null) where a file or directory was expected.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode  # follows symlinks, so a loop or a dangling link shows here
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "is a symlink to a path that does not exist" if path.is_symlink() else "does not exist"
+        return f"cannot be read: {error.strerror or error}"
+    kind = next((name for test, name in _FILE_TYPES if test(mode)), "not a file or directory")
+    expected = "a directory" if want == "directory" else "a regular file"
+    return None if kind == expected else f"is {kind}, not {expected}"
+
+
+def _comparable(uri: str) -> tuple[str, tuple[str, ...]] | None:
+    """Where `uri` lies, as (place, path parts) that compare by whole components; None: no place here."""
+    if not uri or uri.startswith("hf://"):
+        return None  # a Hub id is read, never written
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return f"s3://{bucket}", tuple(part for part in key.split("/") if part)
+    # realpath: a symlink (or `..`) to the same directory is the same directory.
+    return "local", Path(os.path.realpath(uri)).parts
+
+
+def check_apart(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:
+    """Refuse an output that is, contains or lies inside an input: writing it would destroy that input.
+
+    `outputs` and `inputs` map field names (as the step's config spells them) to local paths or
+    s3:// URIs; None and empty values are skipped, and hf:// ids never overlap. Local paths are
+    compared with symlinks resolved; S3 URIs by bucket and key prefix on whole "/" components
+    (s3://b/model and s3://b/model-v2 are apart).
+    """
+    for out_name, output in outputs.items():
+        out_place = _comparable(output or "")
+        if out_place is None:
+            continue
+        for in_name, source in inputs.items():
+            in_place = _comparable(source or "")
+            if in_place is None or in_place[0] != out_place[0]:
+                continue
+            out_parts, in_parts = out_place[1], in_place[1]
+            if out_parts == in_parts:
+                relation = "is the same place as"
+            elif out_parts[: len(in_parts)] == in_parts:
+                relation = "lies inside"
+            elif in_parts[: len(out_parts)] == out_parts:
+                relation = "contains"
+            else:
+                continue
+            raise OverlappingPathsError(
+                f"{out_name} {output} {relation} {in_name} {source}: writing it would overwrite that "
+                f"input; choose another {out_name}"
+            )
+
+
 @cache
 def _s3_client() -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 10, "mode": "adaptive"})
-    return boto3.client("s3", config=config)
+    config = Config(
+        connect_timeout=S3_CONNECT_TIMEOUT_S,
+        read_timeout=S3_READ_TIMEOUT_S,
+        retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+    )
+    try:
+        return boto3.client("s3", config=config)
+    except Exception as error:  # e.g. a malformed AWS_ENDPOINT_URL: botocore's ValueError
+        raise StorageError(f"cannot set up the S3 client: {error}; check {_ENDPOINT_HELP}") from None
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+
+
+def _client_error_message(uri: str, action: str, error: Any) -> str:
+    details = error.response.get("Error", {}) if isinstance(getattr(error, "response", None), dict) else {}
+    code = str(details.get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    bucket = uri.removeprefix("s3://").split("/", 1)[0]
+    if code == "NoSuchBucket":
+        return (
+            f"cannot {action} {uri}: bucket {bucket!r} does not exist at {_endpoint()}; "
+            f"check the bucket name and {_ENDPOINT_HELP}"
+        )
+    if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+        return f"cannot {action} {uri}: it does not exist"
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+        return f"cannot {action} {uri}: S3 refused the credentials ({code}); check {_CREDENTIALS_HELP}"
+    if code in ("AccessDenied", "Forbidden", "403", "AllAccessDisabled") or status == 403:
+        return (
+            f"cannot {action} {uri}: access denied (HTTP 403 {code}): the credentials in use may not "
+            f"{action} it; check the bucket policy and {_CREDENTIALS_HELP}"
+        )
+    return f"cannot {action} {uri}: S3 answered {status or '?'} {code or type(error).__name__}"
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, action: str) -> Iterator[None]:
+    """Turn botocore's exceptions (tracebacks of a dozen frames) into one `StorageError` line."""
+    from boto3.exceptions import Boto3Error
+    from botocore import exceptions as boto
+
+    try:
+        yield
+    except boto.ClientError as error:
+        raise StorageError(_client_error_message(uri, action, error)) from None
+    except (boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError) as error:
+        raise StorageError(f"cannot {action} {uri}: {error}; check {_CREDENTIALS_HELP}") from None
+    except (boto.EndpointConnectionError, boto.ConnectTimeoutError, boto.ConnectionClosedError) as error:
+        raise StorageError(
+            f"cannot {action} {uri}: no answer from {_endpoint()} after {S3_MAX_ATTEMPTS} attempts "
+            f"({type(error).__name__}); check {_ENDPOINT_HELP}"
+        ) from None
+    except Boto3Error as error:
+        # boto3 wraps a failed upload's ClientError (S3UploadFailedError): report the S3 answer itself.
+        cause = error.__context__
+        if isinstance(cause, boto.ClientError):
+            raise StorageError(_client_error_message(uri, action, cause)) from None
+        raise StorageError(f"cannot {action} {uri}: {error}") from None
+    except boto.BotoCoreError as error:
+        raise StorageError(f"cannot {action} {uri}: {error}") from None
 
 
 def _transfer_config() -> Any:
@@ -82,20 +252,24 @@ def exists(uri: str) -> bool:
     bucket, key = split_s3(uri)
     key = key.rstrip("/")
     client = _s3_client()
-    if key:
-        # An object named exactly `key` sorts first among the keys that start with it.
-        first = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
-        if first and first[0]["Key"] == key:
-            return True
-    prefix = f"{key}/" if key else ""
-    return client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
+    with _s3_errors(uri, "list"):
+        if key:
+            # An object named exactly `key` sorts first among the keys that start with it.
+            first = client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+            if first and first[0]["Key"] == key:
+                return True
+        prefix = f"{key}/" if key else ""
+        return client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
 
 
 def read_text(uri: str) -> str:
     if not is_s3(uri):
         return Path(uri).read_text(encoding="utf-8")
     bucket, key = split_s3(uri)
-    return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    client = _s3_client()
+    with _s3_errors(uri, "read"):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body.decode("utf-8")
 
 
 def write_text(uri: str, text: str) -> None:
@@ -104,7 +278,9 @@ def write_text(uri: str, text: str) -> None:
         Path(uri).write_text(text, encoding="utf-8")
         return
     bucket, key = split_s3(uri)
-    _s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+    client = _s3_client()
+    with _s3_errors(uri, "write"):
+        client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
 
 
 def download_file(uri: str, local_path: str | Path) -> Path:
@@ -112,7 +288,9 @@ def download_file(uri: str, local_path: str | Path) -> Path:
     local_path.parent.mkdir(parents=True, exist_ok=True)
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        _s3_client().download_file(bucket, key, str(local_path), Config=_transfer_config())
+        client = _s3_client()
+        with _s3_errors(uri, "download"):
+            client.download_file(bucket, key, str(local_path), Config=_transfer_config())
     elif Path(uri).resolve() != local_path.resolve():
         shutil.copyfile(uri, local_path)
     return local_path
@@ -121,7 +299,9 @@ def download_file(uri: str, local_path: str | Path) -> Path:
 def upload_file(local_path: str | Path, uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        _s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config())
+        client = _s3_client()
+        with _s3_errors(uri, "upload to"):
+            client.upload_file(str(local_path), bucket, key, Config=_transfer_config())
     elif Path(uri).resolve() != Path(local_path).resolve():
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local_path, uri)
@@ -144,9 +324,11 @@ def list_s3_objects(uri: str) -> dict[str, S3Object]:
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
     objects: dict[str, S3Object] = {}
-    for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            objects[item["Key"][len(prefix) :]] = S3Object(size=item["Size"], etag=item.get("ETag", ""))
+    client = _s3_client()
+    with _s3_errors(uri, "list"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                objects[item["Key"][len(prefix) :]] = S3Object(size=item["Size"], etag=item.get("ETag", ""))
     return objects
 
 
@@ -155,8 +337,9 @@ def read_s3_head(uri: str, n_bytes: int) -> bytes:
     if n_bytes <= 0:
         return b""
     bucket, key = split_s3(uri)
-    response = _s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n_bytes - 1}")
-    return response["Body"].read()
+    client = _s3_client()
+    with _s3_errors(uri, "read"):
+        return bytes(client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n_bytes - 1}")["Body"].read())
 
 
 def path_problem(path: object) -> str | None:
@@ -204,7 +387,9 @@ def _remove_file(uri: str) -> None:
         Path(uri).unlink(missing_ok=True)
         return
     bucket, key = split_s3(uri)
-    _s3_client().delete_object(Bucket=bucket, Key=key)  # S3 deletes are idempotent
+    client = _s3_client()
+    with _s3_errors(uri, "delete"):
+        client.delete_object(Bucket=bucket, Key=key)  # S3 deletes are idempotent
 
 
 def remove_dir(uri: str) -> None:
@@ -216,12 +401,13 @@ def remove_dir(uri: str) -> None:
         return
     bucket, prefix = split_s3(uri)
     client = _s3_client()
-    client.delete_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{MANIFEST_NAME}")
+    _remove_file(join(uri, MANIFEST_NAME))
     keys = [f"{prefix.rstrip('/')}/{key}" for key in _list_s3(uri)]
-    for start in range(0, len(keys), 1000):
-        client.delete_objects(
-            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]}
-        )
+    with _s3_errors(uri, "delete"):
+        for start in range(0, len(keys), 1000):
+            client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]}
+            )
 
 
 # --- manifests -------------------------------------------------------------------------
@@ -382,9 +568,20 @@ def publish_dir(
     return manifest
 
 
+def _require_present(uri: str) -> None:
+    """Say plainly when nothing is at `uri`, rather than that its manifest is missing."""
+    if not is_s3(uri):
+        problem = local_path_problem(uri, "directory")
+        if problem:
+            raise MissingDirectoryError(f"{uri} {problem}")
+    elif not exists(uri):
+        raise MissingDirectoryError(f"{uri} does not exist (no objects under that prefix)")
+
+
 def read_manifest(uri: str) -> Manifest:
     manifest_uri = join(uri, MANIFEST_NAME)
     if not exists(manifest_uri):
+        _require_present(uri)
         raise IncompleteDirectoryError(
             f"{uri} has no {MANIFEST_NAME}: it is incomplete (its writer did not finish) "
             "or not an llmft output"
@@ -486,8 +683,9 @@ def download_dir(uri: str, local_dir: str | Path) -> Manifest:
 def localize_file(uri: str, cache_root: str | Path | None = None) -> Path:
     """Return a local path for a single file (downloaded if on S3)."""
     if not is_s3(uri):
-        if not Path(uri).is_file():
-            raise FileNotFoundError(f"input file not found: {uri}")
+        problem = local_path_problem(uri, "file")
+        if problem:
+            raise FileNotFoundError(f"input file {uri} {problem}")
         return Path(uri)
     cache_root = Path(cache_root or os.environ.get("LLMFT_CACHE", tempfile.gettempdir()))
     bucket, key = split_s3(uri)

@@ -436,6 +436,7 @@ def _build_engine(
 
 def build(config: BuildConfig) -> BuildResult:
     """Build the Triton model repository for `config.serving_mode` and publish it to `config.output`."""
+    storage.check_apart({"output": config.output}, {"model": config.model})
     # Before anything is read or written: an engine build outside the trtllm image fails here.
     target = _engine_target(config) if config.serving_mode == ENGINE_MODE else None
     # An llmft export, a plain HF checkpoint (path or s3://) or hf://: checked before the output is touched.

@@ -315,16 +315,16 @@ def _check_source(uri: str) -> None:
     if storage.is_s3(uri):
         try:
             found = storage.exists(uri)
-        except Exception as error:  # botocore raises many types; the message is what matters
-            raise CurateError(f"cannot access input {uri}: {error}") from error
+        except storage.StorageError as error:  # it names the URI and what to check
+            raise CurateError(str(error)) from None
         if not found:
-            raise CurateError(f"input file not found: {uri}")
+            raise CurateError(f"input file {uri} does not exist")
         return
-    path = Path(uri)
-    if path.is_dir():
+    problem = storage.local_path_problem(uri, "file")
+    if problem == "is a directory, not a regular file":
         raise CurateError(f"input {uri} is a directory; pass the files in it as inputs")
-    if not path.is_file():
-        raise CurateError(f"input file not found: {uri}")
+    if problem:
+        raise CurateError(f"input file {uri} {problem}")
 
 
 def _localize(uri: str) -> Path:
@@ -1370,6 +1370,10 @@ def curate(config: CurateConfig) -> CurateResult:
     """Run the curate step; raise CurateError for problems that are not about one record."""
     if not config.output.strip():
         raise CurateError("curate needs an output directory (local path or s3:// URI); output is empty")
+    storage.check_apart(
+        {"output": config.output},
+        {**{f"inputs[{n}]": uri for n, uri in enumerate(config.inputs)}, "eval_set": config.eval_set},
+    )
     for uri in [*config.inputs, *([config.eval_set] if config.eval_set else [])]:
         _check_source(uri)
     log.info("curate: %d input file(s) -> %s", len(config.inputs), config.output)

@@ -583,6 +583,15 @@ def evaluate(config: EvaluateConfig, tracker: Tracker = NULL_TRACKER) -> Evaluat
     `tracker` is the step's MLflow run (run_step passes it); its tracking server's registry
     is where the production model is looked up.
     """
+    storage.check_apart(
+        {"output": config.output},
+        {
+            "base_model": config.base_model,
+            "adapter": config.adapter,
+            "data": config.data,
+            "train_metrics": config.train_metrics,
+        },
+    )
     import gc
 
     import torch

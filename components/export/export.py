@@ -68,6 +68,9 @@ def _adapter_base(adapter_dir: Path) -> str:
 
 
 def export(config: ExportConfig, tracker: Tracker = NULL_TRACKER) -> ExportResult:
+    storage.check_apart(
+        {"output": config.output}, {"base_model": config.base_model, "adapter": config.adapter}
+    )
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

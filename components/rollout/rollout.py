@@ -257,6 +257,8 @@ def rollout(config: RolloutConfig, tracker: Tracker = NULL_TRACKER) -> RolloutRe
     `tracker` is the step's MLflow run (run_step passes it): the kubernetes target promotes the model
     version in the registry of that tracking server.
     """
+    # The local server's copy, log and server.json go to workdir: never into the repository it serves.
+    storage.check_apart({"workdir": config.workdir}, {"repository": config.repository})
     if config.target == "kubernetes":
         # Imported here: the kubernetes client and the serving-compatibility rules are only needed there.
         from components.rollout.kubernetes_target import KubernetesRolloutError, rollout_kubernetes

@@ -642,6 +642,10 @@ def _check_nonfinite(
 
 def train(config: TrainConfig, tracker: Tracker = NULL_TRACKER) -> TrainResult:
     """Train a LoRA adapter; under torchrun, one rank of a data parallel job."""
+    storage.check_apart(
+        {"output": config.output, "checkpoint_uri": config.checkpoint_uri},
+        {"data": config.data, "base_model": config.base_model},
+    )
     if config.backend == "nemo":
         return _train_with_nemo(config, tracker)
     device = distributed.setup(resolve_device(config.device))

@@ -374,7 +374,7 @@ def test_everything_in_val_is_a_curate_error_that_says_so(tmp_path: Path) -> Non
 
 
 def test_missing_input_is_a_curate_error(tmp_path: Path) -> None:
-    with pytest.raises(CurateError, match=r"input file not found: .*nope\.jsonl"):
+    with pytest.raises(CurateError, match=r"input file .*nope\.jsonl does not exist"):
         curate(CurateConfig(inputs=[str(tmp_path / "nope.jsonl")], output=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
     with pytest.raises(CurateError, match="is a directory"):
@@ -582,7 +582,7 @@ def test_s3_input_and_output(s3_bucket) -> None:
     assert not storage.exists(storage.join(output, storage.MANIFEST_NAME))
     rejects = client.get_object(Bucket=bucket, Key="curated/rejects.jsonl")["Body"].read()
     assert json.loads(rejects)["reason"] == "malformed_json"
-    with pytest.raises(CurateError, match="input file not found"):
+    with pytest.raises(CurateError, match=r"missing\.jsonl does not exist"):
         curate(CurateConfig(inputs=[s3_bucket.uri("raw/missing.jsonl")], output=s3_bucket.uri("x")))
 
 

@@ -187,7 +187,7 @@ def test_local_text_and_files(tmp_path: Path) -> None:
     assert storage.read_text(uri) == "ünïcode\n"
     assert storage.exists(uri) and not storage.exists(str(tmp_path / "nope"))
     assert storage.localize_file(uri) == Path(uri)
-    with pytest.raises(FileNotFoundError, match="input file not found"):
+    with pytest.raises(FileNotFoundError, match=r"input file .*nope\.jsonl does not exist"):
         storage.localize_file(str(tmp_path / "nope.jsonl"))
 
 
