@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from components.resources import STEPS
+from components.yaml_errors import describe_yaml_error
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +140,17 @@ def load_images(path: str | Path | None = None) -> Images:
         text = source.read_text(encoding="utf-8")
     except OSError as err:
         raise ImagesConfigError(
-            f"{source}: cannot read the image references file ({err}); set {IMAGES_ENV_VAR} to its path"
-        ) from err
+            f"{source}: cannot read the image references file ({err.strerror or err}); "
+            f"set {IMAGES_ENV_VAR} to its path"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ImagesConfigError(
+            f"{source}: not a text file (byte {err.start} is not UTF-8): expected YAML"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ImagesConfigError(f"{source}: not valid YAML: {err}") from err
+        raise ImagesConfigError(f"{source}: {describe_yaml_error(err)}") from None
     if not isinstance(data, dict):
         raise ImagesConfigError(f"{source}: expected a mapping of image family to reference")
     try:

@@ -32,6 +32,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.yaml_errors import describe_yaml_error
+
 logger = logging.getLogger(__name__)
 
 # Step names, in pipeline order; `finalize` is the exit-handler task.
@@ -768,10 +770,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _yaml_error(source: str, err: yaml.YAMLError) -> ProfileConfigError:
     """A YAML error in one line: file, line, column, problem (PyYAML's own text spans several lines)."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-    return ProfileConfigError(f"{source}:{where} not valid YAML: {problem}")
+    return ProfileConfigError(f"{source}: {describe_yaml_error(err)}")
 
 
 def load_profiles(path: str | Path | None = None, preset: str = DEFAULT_PRESET) -> PipelineProfiles:

@@ -28,7 +28,9 @@ from pydantic import BaseModel, ValidationError
 
 from components import jsonout
 from components.defaults import DEFAULT_EXPERIMENT
+from components.images import ImagesConfigError
 from components.redact import describe_validation_error, install_log_redaction, redact
+from components.yaml_errors import describe_yaml_error
 
 log = logging.getLogger("llmft")
 
@@ -156,7 +158,7 @@ def _read_settings(text: str, source: str) -> dict[str, Any]:
     try:
         settings = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise SystemExit(f"llmft: cannot parse {source}: {error}") from error
+        raise SystemExit(f"llmft: {source}: {describe_yaml_error(error)}") from None
     if not isinstance(settings, dict):
         raise SystemExit(f"llmft: {source} must hold a mapping of settings")
     return settings
@@ -182,7 +184,12 @@ def load_step_config(
         try:
             text = Path(config_file).read_text(encoding="utf-8")
         except OSError as error:
-            raise SystemExit(f"llmft: cannot read --config {config_file}: {error}") from error
+            reason = error.strerror or error
+            raise SystemExit(f"llmft: cannot read --config {config_file}: {reason}") from None
+        except UnicodeDecodeError as error:
+            raise SystemExit(
+                f"llmft: --config {config_file}: not a text file (byte {error.start} is not UTF-8)"
+            ) from None
         file_settings = _read_settings(text, f"--config {config_file}")
     if config_env:
         if config_env not in os.environ:
@@ -381,12 +388,22 @@ def main(argv: list[str] | None = None) -> int:
     # A step command builds only its own parser: a torchrun worker or a pod then imports
     # that step's code, not kfp and every other step.
     step = argv[0] if argv and argv[0] in STEP_COMMANDS else None
-    args = build_parser(step).parse_args(argv)
+    try:
+        parser = build_parser(step)
+    except ImagesConfigError as error:
+        # The pipeline's component modules resolve their images (LLMFT_IMAGES_FILE) when imported.
+        print(f"llmft: error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        # "Found credentials in environment variables" on every S3 access is noise, not news.
+        for chatty in ("botocore", "boto3", "s3transfer"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     # URIs in log lines (ours, MLflow's, kfp's, urllib3's) may carry a password or a signature.
     install_log_redaction()
     try:
@@ -400,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as error:
-        # Our errors carry the file, field or value at fault; a traceback adds nothing for users.
+    except (ValueError, RuntimeError, OSError) as error:
+        # Our errors carry the file, field or value at fault (an OSError its path: a symlink loop,
+        # a device, a missing or unreadable file); a traceback adds nothing for users.
         log.debug("failure", exc_info=True)
         print(f"llmft {args.command}: error: {redact(error)}", file=sys.stderr)
         return 1

@@ -37,8 +37,10 @@ import urllib3
 import yaml
 from kfp.client import Client, ServiceAccountTokenVolumeCredentials
 
+from components import storage
 from components.defaults import DEFAULT_EXPERIMENT
 from components.redact import credential_in_value, redact
+from components.yaml_errors import describe_yaml_error
 from pipelines.kfp_cron import CronError, parse_cron
 
 log = logging.getLogger(__name__)
@@ -200,15 +202,24 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
 
 def read_params_file(params_file: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(params_file)
-    if not path.is_file():
-        raise ClientInputError(f"params file {path} not found")
-    with path.open(encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+    problem = storage.local_path_problem(path, "file")
+    if problem:
+        raise ClientInputError(f"--params-file {path} {problem}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ClientInputError(
+            f"--params-file {path}: not a text file (byte {error.start} is not UTF-8): expected YAML"
+        ) from None
+    except OSError as error:
+        raise ClientInputError(f"--params-file {path}: cannot read it: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ClientInputError(f"--params-file {path}: {describe_yaml_error(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ClientInputError(
-            f"params file {path} must hold a mapping of name: value, not {type(data).__name__}"
+            f"--params-file {path} must hold a mapping of name: value, not {type(data).__name__}"
         )
     return {str(k): v for k, v in data.items()}
 
