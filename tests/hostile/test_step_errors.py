@@ -217,7 +217,7 @@ def local_commands(bad: str, tmp_path: Path) -> dict[str, list[str]]:
     out = str(tmp_path / "out")
     return {
         "curate --input": ["curate", "--input", bad, "--output", out],
-        "train --data": ["train", "--base-model", str(tmp_path), "--data", bad, "--output", out],
+        "train --data": ["train", "--base-model", str(tmp_path / "base"), "--data", bad, "--output", out],
         "train --base-model": ["train", "--base-model", bad, "--data", bad, "--output", out],
         "evaluate --data": [
             "evaluate",
