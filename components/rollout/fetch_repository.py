@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         manifest = storage.download_dir(args.repository, args.directory)
-    except (storage.IncompleteDirectoryError, FileExistsError) as error:
+    except (storage.IncompleteDirectoryError, storage.StorageError, FileExistsError) as error:
         log.error("cannot fetch the model repository: %s", error)
         return 1
     log.info(

@@ -117,7 +117,7 @@ def test_directory_without_manifest_is_refused(tmp_path: Path) -> None:
     assert str(tmp_path) in str(error.value)
     with pytest.raises(IncompleteDirectoryError, match="incomplete"):
         storage.localize_dir(str(tmp_path))
-    with pytest.raises(IncompleteDirectoryError, match="has no"):
+    with pytest.raises(IncompleteDirectoryError, match=r"does-not-exist does not exist$"):
         storage.read_manifest(str(tmp_path / "does-not-exist"))
 
 

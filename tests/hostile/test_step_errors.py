@@ -325,3 +325,20 @@ def test_images_file_yaml_error_is_one_line(tmp_path: Path, how: str) -> None:
     line = _one_error_line(result, str(images))
     assert "line 2, column 6: not valid YAML" in line
     assert not output.exists()
+
+
+def test_rollout_fetch_from_a_missing_bucket_is_one_line(s3_server: str, tmp_path: Path) -> None:
+    """The engine pods' init container (components.rollout.fetch_repository) reports S3 faults in one line."""
+    uri = "s3://no-such-bucket-llmft/repository"
+    result = subprocess.run(
+        [sys.executable, "-m", "components.rollout.fetch_repository", uri, str(tmp_path / "models")],
+        cwd=ROOT,
+        env=_aws_env(tmp_path, s3_server),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "cannot fetch the model repository" in line]
+    assert len(errors) == 1 and uri in errors[0] and "does not exist" in errors[0], result.stderr

@@ -150,9 +150,9 @@ def test_backend_that_cannot_run_here_is_refused(tmp_path, capsys):
         [
             "train",
             "--base-model",
-            str(tmp_path),
+            str(tmp_path / "base"),
             "--data",
-            str(tmp_path),
+            str(tmp_path / "data"),
             "--output",
             str(tmp_path / "o"),
             "--backend",
