@@ -41,8 +41,8 @@ class ImportResult:
 
 def import_model(source: str, destination: str, cache_root: str | Path | None = None) -> ImportResult:
     """Resolve and check `source`, then publish its model files to `destination` with a manifest."""
-    if source.rstrip("/") == destination.rstrip("/"):
-        raise ValueError(f"SRC and DEST are the same place ({source}): import copies a model elsewhere")
+    # Import copies a model elsewhere: never over (or into, or around) the model it reads.
+    storage.check_apart({"DEST": destination}, {"SRC": source})
     resolved = resolve_model(source, cache_root=cache_root)
     existing = _existing_copy(destination, resolved)
     if existing is not None:

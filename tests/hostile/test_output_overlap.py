@@ -185,3 +185,14 @@ def test_cli_export_over_the_base_model_is_one_line_and_the_model_survives(tmp_p
     assert len(errors) == 1, result.stderr
     assert f"is the same place as base_model {base}" in errors[0]
     assert _snapshot(base) == before
+
+
+def test_model_import_refuses_a_destination_inside_its_source(tmp_path: Path) -> None:
+    from pipelines.model_import import import_model
+
+    base = _model_dir(tmp_path / "base")
+    before = _snapshot(base)
+    for destination, relation in [(base / "copy", "lies inside"), (tmp_path, "contains")]:
+        with pytest.raises(OverlappingPathsError, match=f"DEST {destination} {relation} SRC {base}"):
+            import_model(str(base), str(destination))
+    assert _snapshot(base) == before
