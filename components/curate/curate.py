@@ -1370,12 +1370,12 @@ def curate(config: CurateConfig) -> CurateResult:
     """Run the curate step; raise CurateError for problems that are not about one record."""
     if not config.output.strip():
         raise CurateError("curate needs an output directory (local path or s3:// URI); output is empty")
+    for uri in [*config.inputs, *([config.eval_set] if config.eval_set else [])]:
+        _check_source(uri)
     storage.check_apart(
         {"output": config.output},
         {**{f"inputs[{n}]": uri for n, uri in enumerate(config.inputs)}, "eval_set": config.eval_set},
     )
-    for uri in [*config.inputs, *([config.eval_set] if config.eval_set else [])]:
-        _check_source(uri)
     log.info("curate: %d input file(s) -> %s", len(config.inputs), config.output)
     with workdirs.exit_cleanly_on_termination():
         # Work directories of runs killed before they could clean up (up to a few times the input).
