@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from components import jsonout
 
@@ -108,7 +108,7 @@ _FILE_TYPES = (
 )
 
 
-def local_path_problem(path: str | Path, want: str) -> str | None:
+def local_path_problem(path: str | Path, want: Literal["directory", "file"]) -> str | None:
     """Why the local `path` cannot be read as `want` ("directory" or "file"); None when it can.
 
     Tells apart what `Path.exists()` lumps together: a missing path, a dangling symlink, a symlink
@@ -191,9 +191,10 @@ def _endpoint() -> str:
 
 
 def _client_error_message(uri: str, action: str, error: Any) -> str:
-    details = error.response.get("Error", {}) if isinstance(getattr(error, "response", None), dict) else {}
-    code = str(details.get("Code", ""))
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    """What S3's answer (a botocore ClientError) means for `uri`, and what to check."""
+    response = error.response or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     bucket = uri.removeprefix("s3://").split("/", 1)[0]
     if code == "NoSuchBucket":
         return (
