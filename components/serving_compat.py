@@ -7,9 +7,14 @@ server, so a mismatch fails with a precise message instead of a model-load error
 the tensorrtllm backend's log.
 
 `TRITON_TRTLLM_IMAGES` pairs each `nvcr.io/nvidia/tritonserver:<YY.MM>-trtllm-python-py3`
-release with the TRT-LLM version it ships, as published in Triton's release compatibility
-matrix (triton-inference-server/server, docs/introduction/compatibility.md, section
-"Container Name: trtllm-python-py3").
+release with the `tensorrt_llm.__version__` strings its image may report: first the version
+Triton's release compatibility matrix publishes (triton-inference-server/server,
+docs/introduction/compatibility.md, section "Container Name: trtllm-python-py3"), then the
+one NVIDIA's image recipe pins where the two differ (triton-inference-server/tensorrtllm_backend,
+dockerfile/Dockerfile.triton.trt_llm_backend, `ARG TENSORRTLLM_VER` on branch r<YY.MM>).
+Versions are compared by `same_trtllm_version`: PEP 440 equality, so spellings of one
+version match ("1.2" and "1.2.0", "1.2.0rc8" and "1.2.0-rc.8") while a release candidate
+never matches its final release: an engine runs only on the TRT-LLM build that made it.
 
 No KFP and no TensorRT-LLM imports here: rollout runs in the base image.
 """
@@ -20,33 +25,39 @@ import logging
 import re
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 log = logging.getLogger(__name__)
 
 TRITON_IMAGE_REPOSITORY = "nvcr.io/nvidia/tritonserver"
 TRITON_TRTLLM_TAG_SUFFIX = "-trtllm-python-py3"
 
-# Triton release (YY.MM) -> TensorRT-LLM version inside its trtllm-python-py3 image.
-TRITON_TRTLLM_IMAGES: dict[str, str] = {
-    "24.12": "0.16.0",
-    "25.01": "0.17.0",
-    "25.02": "0.17.0.post1",
-    "25.03": "0.18.0",
-    "25.04": "0.18.2",
-    "25.05": "0.19.0",
-    "25.06": "0.20.0",
-    "25.07": "0.20.0",
-    "25.08": "0.21.0",
-    "25.09": "1.0.0",
-    "25.10": "1.0.0",
-    "25.11": "1.0.3.2510",
-    "25.12": "1.1.0",
-    "26.01": "1.1.0",
-    "26.02": "1.1.0",
-    "26.03": "1.2.0",
-    "26.04": "1.2.1",
-    "26.05": "1.2.1",
-    "26.06": "1.2.1",
-    "26.07": "1.2.1",
+# Triton release (YY.MM) -> the TensorRT-LLM versions its trtllm-python-py3 image may report:
+# the matrix's first; the tensorrtllm_backend Dockerfile's TENSORRTLLM_VER after it where it
+# differs (r25.11 pins 1.2.0rc2, r26.03 pins 1.2.0rc8; every other branch from r25.09 to
+# r26.07 pins the matrix's version). Which of the two an NGC image reports is not published,
+# so both are accepted for those two releases.
+TRITON_TRTLLM_IMAGES: dict[str, tuple[str, ...]] = {
+    "24.12": ("0.16.0",),
+    "25.01": ("0.17.0",),
+    "25.02": ("0.17.0.post1",),
+    "25.03": ("0.18.0",),
+    "25.04": ("0.18.2",),
+    "25.05": ("0.19.0",),
+    "25.06": ("0.20.0",),
+    "25.07": ("0.20.0",),
+    "25.08": ("0.21.0",),
+    "25.09": ("1.0.0",),
+    "25.10": ("1.0.0",),
+    "25.11": ("1.0.3.2510", "1.2.0rc2"),
+    "25.12": ("1.1.0",),
+    "26.01": ("1.1.0",),
+    "26.02": ("1.1.0",),
+    "26.03": ("1.2.0", "1.2.0rc8"),
+    "26.04": ("1.2.1",),
+    "26.05": ("1.2.1",),
+    "26.06": ("1.2.1",),
+    "26.07": ("1.2.1",),
 }
 
 # The release the trtllm image (containers/trtllm/Dockerfile) is built FROM: the serving
@@ -123,32 +134,68 @@ def _release_of(image: str) -> str:
     return match.group(1)
 
 
-def trtllm_version_of_image(image: str) -> str:
-    """The TRT-LLM version inside a `tritonserver:<YY.MM>-trtllm-python-py3` image (mirrors too)."""
+def trtllm_versions_of_image(image: str) -> tuple[str, ...]:
+    """The TRT-LLM versions a `tritonserver:<YY.MM>-trtllm-python-py3` image may report (mirrors too).
+
+    The first is the one Triton's compatibility matrix publishes.
+    """
     release = _release_of(image)
     if release not in TRITON_TRTLLM_IMAGES:
         known = f"{min(TRITON_TRTLLM_IMAGES)} to {max(TRITON_TRTLLM_IMAGES)}"
         raise ServingCompatError(
             f"image {image!r}: Triton release {release} is not in llmft's version table "
             f"(components/serving_compat.py knows {known}); add it there with the TRT-LLM version "
-            "from Triton's release compatibility matrix"
+            "from Triton's release compatibility matrix and the one its tensorrtllm_backend "
+            "Dockerfile pins"
         )
     return TRITON_TRTLLM_IMAGES[release]
+
+
+def trtllm_version_of_image(image: str) -> str:
+    """The TRT-LLM version Triton's compatibility matrix publishes for an image."""
+    return trtllm_versions_of_image(image)[0]
+
+
+def parse_trtllm_version(version: str) -> Version:
+    """A TRT-LLM version string as PEP 440 reads it (what pip installed it as)."""
+    try:
+        return Version(version)
+    except InvalidVersion as error:
+        raise ServingCompatError(f"cannot read TRT-LLM version {version!r}: not a PEP 440 version") from error
+
+
+def same_trtllm_version(first: str, second: str) -> bool:
+    """Whether two TRT-LLM version strings name one release (PEP 440 equality; rc != final)."""
+    return parse_trtllm_version(first) == parse_trtllm_version(second)
+
+
+def image_runs_trtllm(image: str, trtllm_version: str) -> bool:
+    """Whether `image` may carry TRT-LLM `trtllm_version`, the one an engine was built with."""
+    return any(same_trtllm_version(trtllm_version, shipped) for shipped in trtllm_versions_of_image(image))
 
 
 def triton_image_for(trtllm_version: str) -> str:
     """The newest tritonserver trtllm image that ships TRT-LLM `trtllm_version`."""
     releases = sorted(
-        release for release, version in TRITON_TRTLLM_IMAGES.items() if version == trtllm_version
+        release
+        for release, versions in TRITON_TRTLLM_IMAGES.items()
+        if any(same_trtllm_version(trtllm_version, version) for version in versions)
     )
     if not releases:
-        known = ", ".join(sorted(set(TRITON_TRTLLM_IMAGES.values())))
+        known = ", ".join(
+            sorted({version for versions in TRITON_TRTLLM_IMAGES.values() for version in versions})
+        )
         raise ServingCompatError(
             f"no tritonserver trtllm image in llmft's version table ships TRT-LLM {trtllm_version!r} "
             f"(known versions: {known}); add the tritonserver release that ships it to "
             "TRITON_TRTLLM_IMAGES in components/serving_compat.py"
         )
     return triton_image(releases[-1])
+
+
+def trtllm_major(version: str) -> int:
+    """The major version of a TRT-LLM version string (1 for "1.2.0rc8")."""
+    return parse_trtllm_version(version).major
 
 
 def gpu_arch_of(product: str) -> str:
@@ -161,13 +208,6 @@ def gpu_arch_of(product: str) -> str:
         f"unknown GPU product {product!r}: cannot tell its architecture (sm version); "
         "add it to components/serving_compat.py"
     )
-
-
-def _major(version: str) -> int:
-    head = version.split(".", 1)[0]
-    if not head.isdigit():
-        raise ServingCompatError(f"cannot read TRT-LLM version {version!r}")
-    return int(head)
 
 
 def check_serving_compat(metadata: dict[str, Any], image: str, gpu_product: str | None) -> None:
@@ -192,17 +232,17 @@ def check_serving_compat(metadata: dict[str, Any], image: str, gpu_product: str 
             f"the repository was written by build --dry-run (serving mode {mode!r}) and holds no "
             "engine; run the build without --dry-run"
         )
-    image_version = trtllm_version_of_image(image)
+    image_versions = trtllm_versions_of_image(image)
     built_version = str(metadata["trtllm_version"])
-    if mode == ENGINE_MODE and image_version != built_version:
+    if mode == ENGINE_MODE and not image_runs_trtllm(image, built_version):
         raise ServingCompatError(
-            f"image {image} carries TRT-LLM {image_version}, but the engine was built with TRT-LLM "
-            f"{built_version}; serve it with {metadata['triton_image']} (or any image of the same "
-            f"TRT-LLM version: {triton_image_for(built_version)}) or rebuild the engine"
+            f"image {image} carries TRT-LLM {' or '.join(image_versions)}, but the engine was built "
+            f"with TRT-LLM {built_version}; serve it with {metadata['triton_image']} (or any image "
+            f"of the same TRT-LLM version: {triton_image_for(built_version)}) or rebuild the engine"
         )
-    if mode == LLMAPI_MODE and _major(image_version) < LLMAPI_MIN_MAJOR:
+    if mode == LLMAPI_MODE and trtllm_major(image_versions[0]) < LLMAPI_MIN_MAJOR:
         raise ServingCompatError(
-            f"image {image} carries TRT-LLM {image_version}; the llmapi model needs TRT-LLM "
+            f"image {image} carries TRT-LLM {image_versions[0]}; the llmapi model needs TRT-LLM "
             f">= {LLMAPI_MIN_MAJOR}.0 (PyTorch backend), e.g. {metadata['triton_image']}"
         )
     built_arch = str(metadata["gpu_arch"])

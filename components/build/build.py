@@ -187,7 +187,7 @@ class BuildConfig(BaseModel):
         if mode == LLMAPI_MODE:
             image = self.triton_image or serving_compat.DEFAULT_TRITON_IMAGE
             version = serving_compat.trtllm_version_of_image(image)
-            if int(version.split(".")[0]) < serving_compat.LLMAPI_MIN_MAJOR:
+            if serving_compat.trtllm_major(version) < serving_compat.LLMAPI_MIN_MAJOR:
                 raise ValueError(
                     f"triton_image {image!r} carries TRT-LLM {version}; trtllm-llmapi needs TRT-LLM >= 1.0"
                 )
@@ -368,10 +368,12 @@ def _build_llmapi(
 def _engine_image(config: BuildConfig, trtllm_version: str) -> str:
     if not config.triton_image:
         return serving_compat.triton_image_for(trtllm_version)
-    image_version = serving_compat.trtllm_version_of_image(config.triton_image)
-    if image_version != trtllm_version:
+    # Same normalised rule as rollout's check_serving_compat: the image may report any of its
+    # table versions (a release candidate where the matrix names the final release).
+    if not serving_compat.image_runs_trtllm(config.triton_image, trtllm_version):
+        image_versions = " or ".join(serving_compat.trtllm_versions_of_image(config.triton_image))
         raise BuildError(
-            f"triton_image {config.triton_image!r} carries TRT-LLM {image_version}, but this build runs "
+            f"triton_image {config.triton_image!r} carries TRT-LLM {image_versions}, but this build runs "
             f"TRT-LLM {trtllm_version}: its engine could not load there; leave triton_image empty or "
             f"name an image with TRT-LLM {trtllm_version}"
         )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
 from components import serving_compat
+from components.build import build as build_module
+from components.build.build import BuildConfig, BuildError
 from components.serving_compat import (
     DEFAULT_TRITON_IMAGE,
     METADATA_KEYS,
@@ -14,8 +17,11 @@ from components.serving_compat import (
     ServingCompatError,
     check_serving_compat,
     gpu_arch_of,
+    image_runs_trtllm,
+    same_trtllm_version,
     triton_image_for,
     trtllm_version_of_image,
+    trtllm_versions_of_image,
 )
 
 
@@ -38,16 +44,88 @@ def engine_metadata(**overrides) -> dict:
 
 
 def test_version_table_matches_tritons_compatibility_matrix():
-    # Spot checks against Triton's published matrix (docs/introduction/compatibility.md).
-    assert TRITON_TRTLLM_IMAGES["24.12"] == "0.16.0"
-    assert TRITON_TRTLLM_IMAGES["25.02"] == "0.17.0.post1"
-    assert TRITON_TRTLLM_IMAGES["25.08"] == "0.21.0"
-    assert TRITON_TRTLLM_IMAGES["25.10"] == "1.0.0"
-    assert all(TRITON_TRTLLM_IMAGES[release] == "1.1.0" for release in ("25.12", "26.01", "26.02"))
-    assert all(TRITON_TRTLLM_IMAGES[release] == "1.2.1" for release in ("26.04", "26.05", "26.06", "26.07"))
+    # Spot checks against Triton's published matrix (docs/introduction/compatibility.md): the
+    # matrix's version comes first for every release.
+    assert TRITON_TRTLLM_IMAGES["24.12"] == ("0.16.0",)
+    assert TRITON_TRTLLM_IMAGES["25.02"] == ("0.17.0.post1",)
+    assert TRITON_TRTLLM_IMAGES["25.08"] == ("0.21.0",)
+    assert TRITON_TRTLLM_IMAGES["25.10"] == ("1.0.0",)
+    assert all(TRITON_TRTLLM_IMAGES[release] == ("1.1.0",) for release in ("25.12", "26.01", "26.02"))
+    assert all(
+        TRITON_TRTLLM_IMAGES[release] == ("1.2.1",) for release in ("26.04", "26.05", "26.06", "26.07")
+    )
     assert list(TRITON_TRTLLM_IMAGES) == sorted(TRITON_TRTLLM_IMAGES)
     # The default serving image is the one containers/trtllm/Dockerfile builds FROM.
     assert DEFAULT_TRITON_IMAGE == "nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3"
+
+
+def test_version_table_has_the_release_candidates_nvidias_dockerfiles_install():
+    # tensorrtllm_backend r25.11 / r26.03, dockerfile/Dockerfile.triton.trt_llm_backend:
+    # ARG TENSORRTLLM_VER=1.2.0rc2 / 1.2.0rc8, where the matrix says 1.0.3.2510 / 1.2.0.
+    assert TRITON_TRTLLM_IMAGES["25.11"] == ("1.0.3.2510", "1.2.0rc2")
+    assert TRITON_TRTLLM_IMAGES["26.03"] == ("1.2.0", "1.2.0rc8")
+    assert trtllm_version_of_image("nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3") == "1.2.0"
+
+
+REPORTED_VERSIONS = [
+    (release, version) for release, versions in TRITON_TRTLLM_IMAGES.items() for version in versions
+]
+
+
+@pytest.mark.parametrize(("release", "reported"), REPORTED_VERSIONS)
+def test_an_engine_built_with_each_reported_version_serves_on_its_image(release, reported):
+    image = serving_compat.triton_image(release)
+    assert reported in trtllm_versions_of_image(image)
+    assert image_runs_trtllm(image, reported)
+    # The image build picks for that version runs it too (the newest release shipping it).
+    assert image_runs_trtllm(triton_image_for(reported), reported)
+    metadata = engine_metadata(trtllm_version=reported, triton_image=image)
+    check_serving_compat(metadata, image, "NVIDIA-H100-80GB-HBM3")
+
+
+@pytest.mark.parametrize(
+    ("built", "image_release"),
+    [
+        ("1.2.0rc8", "26.04"),  # a release candidate is not the final release of the next image
+        ("1.2.0rc2", "26.03"),  # nor another release candidate
+        ("1.2.1", "26.03"),
+        ("1.0.0", "25.11"),
+    ],
+)
+def test_other_trtllm_builds_are_refused(built, image_release):
+    image = serving_compat.triton_image(image_release)
+    assert not image_runs_trtllm(image, built)
+    with pytest.raises(ServingCompatError, match=f"built with TRT-LLM {re.escape(built)}"):
+        check_serving_compat(engine_metadata(trtllm_version=built), image, None)
+
+
+def test_versions_compare_by_pep_440_not_by_string():
+    assert same_trtllm_version("1.2.0rc8", "1.2.0-rc.8")
+    assert same_trtllm_version("1.2", "1.2.0")
+    assert same_trtllm_version("0.17.0.post1", "0.17.0-post1")
+    assert not same_trtllm_version("1.2.0rc8", "1.2.0")
+    assert not same_trtllm_version("1.2.1", "1.2.1+cu130")  # another build of it
+    # Each spelling of a version an image reports finds that image.
+    assert triton_image_for("1.2.0-rc8") == "nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3"
+    assert triton_image_for("1.2.0rc2") == "nvcr.io/nvidia/tritonserver:25.11-trtllm-python-py3"
+    with pytest.raises(ServingCompatError, match="cannot read TRT-LLM version 'main-dev'"):
+        same_trtllm_version("main-dev", "1.2.1")
+
+
+@pytest.mark.parametrize(("release", "reported"), [("25.11", "1.2.0rc2"), ("26.03", "1.2.0rc8")])
+def test_build_accepts_an_image_that_reports_its_release_candidate(release, reported, tmp_path):
+    image = serving_compat.triton_image(release)
+    config = BuildConfig(
+        model=str(tmp_path / "model"),
+        output=str(tmp_path / "out"),
+        serving_mode="trtllm-engine",
+        triton_image=image,
+    )
+    assert build_module._engine_image(config, reported) == image
+    with pytest.raises(
+        BuildError, match=rf"carries TRT-LLM {re.escape(' or '.join(TRITON_TRTLLM_IMAGES[release]))}"
+    ):
+        build_module._engine_image(config, "1.2.1")
 
 
 def test_image_versions_and_images_for_versions():
