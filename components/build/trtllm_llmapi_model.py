@@ -9,7 +9,8 @@ this version directory, so the repository is self-contained.
 The client contract is the hf mode's: `text_input` (raw instruction), optional
 `max_tokens` and `temperature`, `text_output` (generated text only); in decoupled mode an
 optional `stream` sends the text as it is generated. Prompts are tokenised here exactly as
-in training and passed to TRT-LLM as token ids, so the template cannot be applied twice.
+in training, with the checkpoint's HF tokenizer (not `LLM.tokenizer`, TRT-LLM's wrapper), and
+passed to TRT-LLM as token ids, so the template cannot be applied twice.
 Requests are checked against llmft_triton_utils.RequestLimits first (prompt bytes before
 tokenizing, max_tokens_limit, max_input_len, max_seq_len): a refusal is InvalidArgument (400).
 
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import llmft_triton_utils as utils
 import triton_python_backend_utils as pb_utils
 import yaml
+from transformers import AutoTokenizer
 
 # Requests answered at the same time; each waits on TRT-LLM in its own thread.
 _MAX_CONCURRENT_REQUESTS = 256
@@ -61,7 +63,10 @@ class TritonPythonModel:
         self.limits = utils.request_limits(config, max_seq_len=int(yaml_args["max_seq_len"]))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.llm = LLM(**llm_args)
-        self.tokenizer = self.llm.tokenizer
+        # The checkpoint's own HF tokenizer, loaded as training loads it: `LLM.tokenizer` is
+        # TRT-LLM's TransformersTokenizer wrapper, which has no bos_token_id and loads with
+        # other options (legacy=False, left padding), so prompts could tokenize differently.
+        self.tokenizer = AutoTokenizer.from_pretrained(yaml_args["model"])
         self.pool = ThreadPoolExecutor(
             max_workers=_MAX_CONCURRENT_REQUESTS, thread_name_prefix="llmft-llmapi"
         )

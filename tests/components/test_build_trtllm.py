@@ -7,7 +7,8 @@ generated config.pbtxt is parsed back with Triton's own ModelConfig protobuf, an
 ensemble is checked the way Triton checks one (every tensor produced before it is used,
 with the same type and shape). The preprocessing and postprocessing models run in the real
 tritonserver binary (nvidia-pytriton wheel, CPU); the llmapi model runs there too, against
-a recording fake of the LLM API put on the server's PYTHONPATH.
+a recording stand-in of the LLM API shaped after TRT-LLM 1.2.x class by class
+(trtllm_llmapi_stand_in.py), put in the served version directory.
 """
 
 from __future__ import annotations
@@ -884,55 +885,13 @@ def test_ensemble_serves_generate_requests_end_to_end(ensemble_server, tiny_mode
     assert status == 400 and "max_tokens must be at least 1" in body["error"]
 
 
-# --- the llmapi model in a real tritonserver, against a recording fake of the LLM API ---------------
+# --- the llmapi model in a real tritonserver, against a strict stand-in of the LLM API ---------------
 
-FAKE_LLM_API = '''
-"""A recording stand-in for TensorRT-LLM's LLM API (tests only): echoes what it was asked."""
-import json
-import os
+# The LLM API stand-in, shaped after TRT-LLM 1.2.x class by class (see its docstring).
+LLM_API_STAND_IN = Path(__file__).with_name("trtllm_llmapi_stand_in.py")
 
-from transformers import AutoTokenizer
-
-__version__ = "1.2.1"
-
-
-class SamplingParams:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-
-
-class _Output:
-    def __init__(self, text, text_diff):
-        self.text, self.text_diff = text, text_diff
-
-
-class _Result:
-    def __init__(self, text, streaming):
-        self.outputs = [_Output(text, text)]
-        self._chunks = [text[: len(text) // 2], text[len(text) // 2 :]] if streaming else []
-
-    def result(self):
-        return self
-
-    def __iter__(self):
-        for chunk in self._chunks:
-            yield type("Partial", (), {"outputs": [_Output(None, chunk)]})()
-
-
-class LLM:
-    def __init__(self, **kwargs):
-        with open(os.environ["FAKE_LLM_RECORD"], "w") as handle:
-            recorded = dict(kwargs, kv_cache_config=repr(kwargs["kv_cache_config"]))
-            json.dump(recorded, handle)
-        self.tokenizer = AutoTokenizer.from_pretrained(kwargs["model"])
-
-    def generate_async(self, inputs, sampling_params, streaming=False):
-        return _Result(json.dumps({"ids": inputs, "sampling": sampling_params.kwargs}), streaming)
-
-    def shutdown(self):
-        pass
-'''
-
+# After update_llm_args_with_extra_dict in tensorrt_llm/llmapi/llm_args.py, imported by
+# tensorrt_llm/llmapi/llm_utils.py (TRT-LLM 1.2.x): nested sections become config objects.
 FAKE_LLM_UTILS = """
 def update_llm_args_with_extra_dict(llm_args, llm_args_dict, extra_llm_api_options=None):
     merged = {**llm_args, **llm_args_dict}
@@ -943,7 +902,7 @@ def update_llm_args_with_extra_dict(llm_args, llm_args_dict, extra_llm_api_optio
 
 @contextlib.contextmanager
 def serve_llmapi(model: str, root: Path, decoupled: bool) -> Iterator[tuple[Any, Path, Path]]:
-    """Build an llmapi repository and serve a copy of it against the recording fake."""
+    """Build an llmapi repository and serve a copy of it against the LLM API stand-in."""
     output = root / "repository"
     config = BuildConfig(
         model=model,
@@ -959,7 +918,7 @@ def serve_llmapi(model: str, root: Path, decoupled: bool) -> Iterator[tuple[Any,
     shutil.copytree(output, served)
     fake = served / "llm" / "1" / "tensorrt_llm"
     (fake / "llmapi").mkdir(parents=True)
-    (fake / "__init__.py").write_text(textwrap.dedent(FAKE_LLM_API))
+    shutil.copyfile(LLM_API_STAND_IN, fake / "__init__.py")
     (fake / "llmapi" / "__init__.py").write_text("")
     (fake / "llmapi" / "llm_utils.py").write_text(textwrap.dedent(FAKE_LLM_UTILS))
     record = root / "llm_args.json"
@@ -1050,3 +1009,20 @@ def test_llmapi_model_streams_in_decoupled_mode(llmapi_streaming_server):
     assert [json.loads(event["text_output"])["sampling"] for event in events] == [
         {"max_tokens": 7, "top_k": 1}
     ]
+
+
+def test_llmapi_stand_in_is_as_strict_as_upstream(tiny_model):
+    """Upstream's LLM.tokenizer wrapper has no bos_token_id; neither may the stand-in."""
+    from tests.components import trtllm_llmapi_stand_in as stand_in
+
+    wrapper = stand_in.TransformersTokenizer.from_pretrained(tiny_model)
+    assert wrapper.eos_token_id == AutoTokenizer.from_pretrained(tiny_model).eos_token_id
+    with pytest.raises(AttributeError):
+        _ = wrapper.bos_token_id
+    with pytest.raises(AttributeError):
+        wrapper.bos_token_id = 1
+    with pytest.raises(TypeError):
+        stand_in.SamplingParams(greedy=True)  # not an upstream field
+    output = stand_in.RequestOutput([1, 2], ["ab", "cd"])
+    assert [step.outputs[0].text_diff for step in output] == ["ab", "cd"]
+    assert output.outputs[0].text == "abcd" and output.finished
