@@ -59,12 +59,14 @@ class TransformersTokenizer:
         return cls(AutoTokenizer.from_pretrained(pretrained_model_dir, **kwargs))
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class SamplingParams:
-    """After the `SamplingParams` dataclass in tensorrt_llm/sampling_params.py (TRT-LLM 1.2.x).
+    """After the `SamplingParams` dataclass in tensorrt_llm/sampling_params.py (TRT-LLM 1.2.x;
+    read at NVIDIA/TensorRT-LLM commit 000a01de): `@dataclass(slots=True, kw_only=True)`,
+    `max_tokens: int = 32`, `temperature`, `top_k`, `top_p` Optional and None by default.
 
-    Only the fields llmft sets, with upstream's defaults; an unknown keyword is a TypeError,
-    as in the upstream dataclass.
+    Only the fields llmft sets; an unknown keyword is a TypeError and a positional argument is
+    refused, as upstream.
     """
 
     max_tokens: int = 32
