@@ -617,7 +617,14 @@ def pod_spec(plan: ServingPlan) -> dict[str, Any]:
         "containers": [container],
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 90,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "seccompProfile": {"type": "RuntimeDefault"},
+            # Volumes (a PVC written by another uid, the fetch emptyDir) are made group-readable by
+            # TRITON_UID's group, so tritonserver can open every file; OnRootMismatch walks the
+            # volume only when its root's group differs, not on every start of a large repository.
+            "fsGroup": TRITON_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+        },
     }
     if settings.pvc_claim:
         spec["volumes"] = [

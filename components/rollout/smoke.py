@@ -21,8 +21,11 @@ response, also flagged final. The client asks for that flag (`enable_empty_final
 and reads until it comes, so both kinds are handled the same way. A model with a BOOL
 `stream` input (the TRT-LLM ensemble) gets `stream=True`.
 
-The tensors are the ones every llmft serving mode exposes: `text_input` (BYTES [1, 1]),
-`max_tokens` (INT32 [1, 1]) -> `text_output` (BYTES [1, 1]).
+The tensors are the ones every llmft serving mode exposes: `text_input` (BYTES),
+`max_tokens` (INT32) -> `text_output` (BYTES). Their shapes come from the model's config: Triton
+core refuses a request whose shape differs from the config's dims, with a leading batch dimension
+only when max_batch_size > 0 (so `[1, 1]` for a batching model, `[1]` for one with
+max_batch_size 0, such as trtllm-llmapi).
 """
 
 from __future__ import annotations
@@ -77,9 +80,37 @@ class ModelTraits(BaseModel):
 
     decoupled: bool = Field(description="model_transaction_policy.decoupled: answers in several responses.")
     stream_input: bool = Field(description="Has a `stream` input (the TRT-LLM ensemble): sent as true.")
+    max_batch_size: int = Field(
+        ge=0, description="Triton max_batch_size; above 0 every input gets a batch dimension."
+    )
+    input_dims: dict[str, tuple[int, ...]] = Field(
+        default_factory=dict,
+        description="dims of each input as the config declares them (no batch dimension; -1: variable).",
+    )
+
+    def shape(self, name: str) -> list[int]:
+        """Shape of a one-row request for input `name`: one element, in the rank the config expects."""
+        dims = self.input_dims.get(name, (1,))
+        # A variable dim (-1) holds the one element; a fixed one is 1 for every llmft request input.
+        one_row = [1 for _ in dims]
+        return [1, *one_row] if self.max_batch_size > 0 else one_row
+
+
+def traits_from_config(config: dict[str, Any]) -> ModelTraits:
+    """ModelTraits of a model config in protobuf's JSON mapping (what Triton's config endpoints return)."""
+    inputs = config.get("input", [])
+    return ModelTraits(
+        decoupled=bool((config.get("model_transaction_policy") or {}).get("decoupled", False)),
+        stream_input=any(spec.get("name") == "stream" for spec in inputs),
+        # The JSON mapping leaves out fields at their default, so a missing max_batch_size is 0.
+        max_batch_size=int(config.get("max_batch_size", 0)),
+        # Dims are int64, which the JSON mapping may write as strings.
+        input_dims={spec["name"]: tuple(int(dim) for dim in spec.get("dims", [])) for spec in inputs},
+    )
 
 
 def model_traits(http_url: str, model_name: str, timeout_s: float = 30) -> ModelTraits:
+    """ModelTraits from `GET /v2/models/<name>/config`."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(
@@ -89,10 +120,13 @@ def model_traits(http_url: str, model_name: str, timeout_s: float = 30) -> Model
         config = client.get_model_config(model_name)
     finally:
         client.close()
-    return ModelTraits(
-        decoupled=bool((config.get("model_transaction_policy") or {}).get("decoupled", False)),
-        stream_input=any(spec.get("name") == "stream" for spec in config.get("input", [])),
-    )
+    return traits_from_config(config)
+
+
+def _grpc_model_traits(client: Any, model_name: str, timeout_s: float) -> ModelTraits:
+    """ModelTraits over gRPC (ModelConfig RPC), for callers that reach the server only there."""
+    response = client.get_model_config(model_name, as_json=True, client_timeout=timeout_s)
+    return traits_from_config(response["config"])
 
 
 def _generate_body(prompt: str, max_tokens: int, stream_input: bool) -> bytes:
@@ -159,16 +193,32 @@ def generate_http(http_url: str, model_name: str, prompt: str, max_tokens: int, 
     return _text(payload["text_output"], "generate")
 
 
-def _infer_inputs(module, prompt: str, max_tokens: int) -> list:
-    text = module.InferInput("text_input", [1, 1], "BYTES")
-    text.set_data_from_numpy(np.array([[prompt.encode("utf-8")]], dtype=np.object_))
-    tokens = module.InferInput("max_tokens", [1, 1], "INT32")
-    tokens.set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
-    return [text, tokens]
+def _infer_input(module, traits: ModelTraits, name: str, value: object, datatype: str, dtype) -> Any:
+    shape = traits.shape(name)
+    tensor = module.InferInput(name, shape, datatype)
+    tensor.set_data_from_numpy(np.array([value], dtype=dtype).reshape(shape))
+    return tensor
 
 
-def infer_http(http_url: str, model_name: str, prompt: str, max_tokens: int, timeout_s: float = 60) -> str:
+def _infer_inputs(module, traits: ModelTraits, prompt: str, max_tokens: int) -> list:
+    return [
+        _infer_input(module, traits, "text_input", prompt.encode("utf-8"), "BYTES", np.object_),
+        _infer_input(module, traits, "max_tokens", max_tokens, "INT32", np.int32),
+    ]
+
+
+def infer_http(
+    http_url: str,
+    model_name: str,
+    prompt: str,
+    max_tokens: int,
+    timeout_s: float = 60,
+    traits: ModelTraits | None = None,
+) -> str:
+    """One KServe v2 infer over HTTP, shaped after `traits` (read from the server when None)."""
     import tritonclient.http as httpclient
+
+    traits = traits or model_traits(http_url, model_name, timeout_s)
 
     client = httpclient.InferenceServerClient(
         url=_host_port(http_url), connection_timeout=timeout_s, network_timeout=timeout_s
@@ -176,7 +226,7 @@ def infer_http(http_url: str, model_name: str, prompt: str, max_tokens: int, tim
     try:
         result = client.infer(
             model_name,
-            _infer_inputs(httpclient, prompt, max_tokens),
+            _infer_inputs(httpclient, traits, prompt, max_tokens),
             outputs=[httpclient.InferRequestedOutput("text_output")],
         )
         return _text(result.as_numpy("text_output").ravel()[0], "HTTP infer")
@@ -184,16 +234,25 @@ def infer_http(http_url: str, model_name: str, prompt: str, max_tokens: int, tim
         client.close()
 
 
-def infer_grpc(grpc_url: str, model_name: str, prompt: str, max_tokens: int, timeout_s: float = 60) -> str:
+def infer_grpc(
+    grpc_url: str,
+    model_name: str,
+    prompt: str,
+    max_tokens: int,
+    timeout_s: float = 60,
+    traits: ModelTraits | None = None,
+) -> str:
+    """One KServe v2 infer over gRPC, shaped after `traits` (read over gRPC when None)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url=_host_port(grpc_url))
     try:
         if not client.is_model_ready(model_name, client_timeout=timeout_s):
             raise SmokeTestError(f"model {model_name} is not ready over gRPC")
+        traits = traits or _grpc_model_traits(client, model_name, timeout_s)
         result = client.infer(
             model_name,
-            _infer_inputs(grpcclient, prompt, max_tokens),
+            _infer_inputs(grpcclient, traits, prompt, max_tokens),
             outputs=[grpcclient.InferRequestedOutput("text_output")],
             client_timeout=timeout_s,
         )
@@ -208,19 +267,22 @@ def stream_grpc(
     prompt: str,
     max_tokens: int,
     timeout_s: float = 60,
-    stream_input: bool = False,
+    traits: ModelTraits | None = None,
 ) -> tuple[str, int]:
-    """Send one request over a gRPC stream; return the joined text and how many responses carried text."""
+    """Send one request over a gRPC stream; return the joined text and how many responses carried text.
+
+    The request is shaped after `traits` (read over gRPC when None); a model with a `stream` input
+    gets stream=true.
+    """
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url=_host_port(grpc_url))
     responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     try:
-        inputs = _infer_inputs(grpcclient, prompt, max_tokens)
-        if stream_input:
-            stream = grpcclient.InferInput("stream", [1, 1], "BOOL")
-            stream.set_data_from_numpy(np.array([[True]], dtype=bool))
-            inputs.append(stream)
+        traits = traits or _grpc_model_traits(client, model_name, timeout_s)
+        inputs = _infer_inputs(grpcclient, traits, prompt, max_tokens)
+        if traits.stream_input:
+            inputs.append(_infer_input(grpcclient, traits, "stream", True, "BOOL", bool))
         client.start_stream(
             callback=lambda result, error: responses.put((result, error)), stream_timeout=timeout_s
         )
@@ -323,12 +385,10 @@ def smoke_test(
         generated = generate_http(http_url, model_name, prompt, max_tokens, timeout_s)
         log.info("generate over HTTP: %r", generated)
         check_expected(generated, expect)
-        http_output = infer_http(http_url, model_name, prompt, max_tokens, timeout_s)
-        grpc_output = infer_grpc(grpc_url, model_name, prompt, max_tokens, timeout_s)
+        http_output = infer_http(http_url, model_name, prompt, max_tokens, timeout_s, traits)
+        grpc_output = infer_grpc(grpc_url, model_name, prompt, max_tokens, timeout_s, traits)
         log.info("infer over gRPC: %r", grpc_output)
-    stream_output, pieces = stream_grpc(
-        grpc_url, model_name, prompt, max_tokens, timeout_s, traits.stream_input
-    )
+    stream_output, pieces = stream_grpc(grpc_url, model_name, prompt, max_tokens, timeout_s, traits)
     log.info("gRPC stream: %d response(s): %r", pieces, stream_output)
     return SmokeResult(
         prompt=prompt,

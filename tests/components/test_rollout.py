@@ -33,6 +33,7 @@ from components.rollout.smoke import (
     infer_grpc,
     smoke_test,
     stream_grpc,
+    traits_from_config,
 )
 from components.sample.tiny_model import TinyModelConfig, build_tiny_model
 
@@ -270,6 +271,55 @@ def test_rollout_stops_the_server_after_the_smoke_test(repository, tmp_path):
     assert not (tmp_path / "server.json").exists()
     assert not (tmp_path / local_triton.SERVER_DIRNAME).exists()  # the server copy is cleaned up
     assert "successfully loaded 'llm'" in Path(result.log_path).read_text()
+
+
+def test_request_shapes_follow_the_model_config():
+    # Triton's JSON config: max_batch_size left out when 0, int64 dims written as strings.
+    unbatched = traits_from_config(
+        {"input": [{"name": "text_input", "dims": ["1"]}, {"name": "max_tokens", "dims": ["-1"]}]}
+    )
+    assert unbatched.max_batch_size == 0
+    assert unbatched.shape("text_input") == unbatched.shape("max_tokens") == [1]
+    batched = traits_from_config({"max_batch_size": 8, "input": [{"name": "text_input", "dims": ["1"]}]})
+    assert batched.shape("text_input") == [1, 1]
+
+
+def test_model_without_batching_passes_the_smoke_test(tiny_model, tmp_path):
+    # max_batch_size 0 (as trtllm-llmapi's model): Triton core takes only [1]-shaped inputs, no
+    # batch dimension; a [1, 1] request is refused, so the smoke test must shape from the config.
+    repository = tmp_path / "repository"
+    build(
+        BuildConfig(
+            model=str(tiny_model), output=str(repository), max_new_tokens=12, max_batch_size=0, device="cpu"
+        )
+    )
+    workdir = tmp_path / "server"
+    result = rollout(
+        RolloutConfig(
+            repository=str(repository),
+            workdir=str(workdir),
+            keep_running=True,
+            startup_timeout_s=STARTUP_TIMEOUT_S,
+        )
+    )
+    try:
+        assert result.healthy and result.sample_output
+        smoke = smoke_test(result.endpoint_http, result.endpoint_grpc, "llm", "hello", 6)
+        assert not smoke.decoupled
+        assert smoke.generate_output == smoke.http_infer_output == smoke.grpc_infer_output
+        assert smoke.stream_output == smoke.generate_output and smoke.stream_responses == 1
+        assert infer_grpc(result.endpoint_grpc, "llm", "hello", 6) == smoke.generate_output
+        # What the smoke test sent before: Triton refuses a batch dimension here.
+        client = httpclient.InferenceServerClient(url=result.endpoint_http.removeprefix("http://"))
+        try:
+            text = httpclient.InferInput("text_input", [1, 1], "BYTES")
+            text.set_data_from_numpy(np.array([[b"hello"]], dtype=np.object_))
+            with pytest.raises(Exception, match="shape"):
+                client.infer("llm", [text])
+        finally:
+            client.close()
+    finally:
+        local_triton.stop_from_info(workdir)
 
 
 def test_s3_repository_is_downloaded_for_the_local_target(repository, tmp_path, monkeypatch, s3_bucket):

@@ -253,6 +253,10 @@ def test_pvc_repository_is_mounted_read_only() -> None:
     } in pod["volumes"]
     assert {"name": "model-repository", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
     assert "env" not in container  # no S3, no credentials
+    # Files on the claim may belong to another uid: the volume gets tritonserver's group (uid 1000's).
+    assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    validate(by_kind(objects)["Deployment"])
 
 
 # --- repositories whose models open files by absolute path (trtllm-engine) ------------------------
