@@ -65,6 +65,7 @@ from components.rollout.manifests import (
     release_name,
     repository_volume_size,
     revision_of,
+    triton_launch,
     triton_repository_url,
 )
 from components.rollout.promotion import ModelRegistry
@@ -237,6 +238,7 @@ def plan_rollout(config: RolloutConfig, manifest: storage.Manifest) -> ServingPl
         profile = pod_profile(settings, metadata)
         repository_path = pinned_repository_path(metadata)
         triton_repository = triton_repository_url(config.repository, settings, repository_path)
+        launch = triton_launch(metadata)
     except ManifestError as error:
         raise KubernetesRolloutError(str(error)) from error
     fetch = None
@@ -271,6 +273,7 @@ def plan_rollout(config: RolloutConfig, manifest: storage.Manifest) -> ServingPl
         triton_repository=triton_repository,
         repository_path=repository_path,
         fetch=fetch,
+        launch=launch,
     )
 
 

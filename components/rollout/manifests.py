@@ -23,6 +23,10 @@ Why the Deployment looks the way it does:
   fetch_repository.py, checked against the manifest) into an emptyDir mounted there in both containers,
   or a PVC's `pvc_path` mounted there (subPath). tritonserver then reads that local path, and gets no S3
   credentials: only the init container reads S3.
+- A trtllm-engine over more than one GPU (tensor_parallel x pipeline_parallel) runs in the tensorrtllm
+  backend's MPI leader mode: the container's command is mpirun with one tritonserver per GPU, built as
+  NVIDIA's launch_triton_server.py builds it (`mpi_launch_args`); a multi-GPU trtllm-llmapi model runs
+  under `mpirun -n 1` as its docs launch it, the LLM API spawning its own workers (`triton_launch`).
 - GPUs, EFA, /dev/shm (the python backend and NCCL exchange tensors through it), tolerations, node
   selector, pull secrets, priority class and service account come from the pods' `ResourceProfile`
   through `components.resources.apply_to_pod_spec`, the same code PyTorchJob workers use.
@@ -53,7 +57,7 @@ from components.resources import (
     memory_bytes,
     preset_profiles,
 )
-from components.serving_compat import ENGINE_MODE
+from components.serving_compat import ENGINE_MODE, LLMAPI_MODE
 
 CONTAINER_NAME = "tritonserver"
 HTTP_PORT = 8000
@@ -283,6 +287,16 @@ class RepositoryFetch:
 
 
 @dataclass(frozen=True)
+class TritonLaunch:
+    """How the pod starts tritonserver: one process, or `mpi_ranks` of them under mpirun (`triton_launch`)."""
+
+    mpi_ranks: int = 0  # 0: tritonserver itself is the container's command, no MPI launcher
+
+
+SINGLE_PROCESS = TritonLaunch()
+
+
+@dataclass(frozen=True)
 class ServingPlan:
     """`KubernetesSettings` resolved against one model repository: everything the manifests say."""
 
@@ -298,6 +312,7 @@ class ServingPlan:
     # path, see `pinned_repository_path`); None: Triton may read it from anywhere.
     repository_path: str | None = None
     fetch: RepositoryFetch | None = None  # set: an init container copies the repository from S3 first
+    launch: TritonLaunch = SINGLE_PROCESS  # how tritonserver is started (`triton_launch`)
 
     @property
     def namespace(self) -> str:
@@ -412,6 +427,27 @@ def pod_profile(settings: KubernetesSettings, metadata: Mapping[str, Any]) -> Re
             f"pipeline_parallel = {needed} GPUs per pod; set it to {needed} or turn size_to_engine on"
         )
     return profile
+
+
+def triton_launch(metadata: Mapping[str, Any]) -> TritonLaunch:
+    """How tritonserver must be started for the repository, as NVIDIA's launch script starts it.
+
+    trtllm-engine across tensor_parallel x pipeline_parallel > 1 GPUs runs in the tensorrtllm backend's
+    leader mode, its documented default: one tritonserver per GPU under mpirun, rank 0 serving and the
+    others running the engine's shards (orchestrator mode, TRTLLM_ORCHESTRATOR=1, is for several models
+    in one server and spawns its workers with MPI_Comm_spawn). trtllm-llmapi is launched as its docs
+    launch it, world size 1 (`mpirun -n 1`): the LLM API spawns its own tensor/pipeline-parallel workers
+    from model.yaml's sizes. One GPU, and the hf mode, keep a plain tritonserver.
+    """
+    gpus = engine_gpus(metadata)
+    if gpus == 1:
+        return SINGLE_PROCESS
+    mode = metadata.get("serving_mode")
+    if mode == ENGINE_MODE:
+        return TritonLaunch(mpi_ranks=gpus)
+    if mode == LLMAPI_MODE:
+        return TritonLaunch(mpi_ranks=1)
+    return SINGLE_PROCESS
 
 
 def gpu_product_of(profile: ResourceProfile) -> str | None:
@@ -539,6 +575,30 @@ def triton_args(plan: ServingPlan) -> list[str]:
     ]
 
 
+# The tensorrtllm backend's Triton model: ranks above 0 load only it (the ensemble's python models run
+# on rank 0 alone). Build names it so (components/build/triton_trtllm.py).
+TENSORRT_LLM_MODEL = "tensorrt_llm"
+
+
+def mpi_launch_args(plan: ServingPlan) -> list[str]:
+    """mpirun's arguments: one app context per rank, `-n 1 tritonserver ...` each, joined by ':'.
+
+    Built as NVIDIA's launcher builds them: `get_cmd` of triton_backend/scripts/launch_triton_server.py
+    in NVIDIA/TensorRT-LLM, which the tensorrtllm_backend branches r25.12 to r26.07 (our images) pin as
+    their tensorrt_llm submodule and whose README ("Serving with Triton", "Leader Mode") and
+    docs/llmapi.md launch with it. Every rank gets the same ports: ranks > 0 never return from the
+    tensorrt_llm model's initialization, so only rank 0 ever opens them. Each rank's python backend
+    gets its own shared-memory region prefix, or the ranks' stubs would collide in /dev/shm.
+    """
+    args = ["--allow-run-as-root"]
+    for rank in range(plan.launch.mpi_ranks):
+        args += ["-n", "1", "tritonserver", *triton_args(plan)]
+        if rank:
+            args += ["--model-control-mode=explicit", f"--load-model={TENSORRT_LLM_MODEL}"]
+        args += [f"--backend-config=python,shm-region-prefix-name=prefix{rank}_", ":"]
+    return args
+
+
 def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -596,8 +656,8 @@ def pod_spec(plan: ServingPlan) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": plan.image,
-        "command": ["tritonserver"],
-        "args": triton_args(plan),
+        "command": ["mpirun"] if plan.launch.mpi_ranks else ["tritonserver"],
+        "args": mpi_launch_args(plan) if plan.launch.mpi_ranks else triton_args(plan),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

@@ -155,7 +155,8 @@ def test_manifests_pass_the_strict_schema(metadata: dict[str, Any], kubernetes: 
 
 
 def test_deployment_runs_tritonserver_with_probes_ports_and_labels() -> None:
-    objects = by_kind(objects_for(ENGINE))
+    # One GPU: tritonserver itself is the container's command (multi-GPU launches are tested below).
+    objects = by_kind(objects_for({**ENGINE, "tensor_parallel": 1}))
     deployment, service = objects["Deployment"], objects["Service"]
     name = release_name("support-bot")
     assert name == "triton-support-bot"
@@ -220,6 +221,64 @@ def test_profile_gives_gpus_efa_shm_tolerations_and_node_selector() -> None:
     }
     assert pod["serviceAccountName"] == "triton-s3" and pod["priorityClassName"] == "serving"
     assert {"name": "FI_PROVIDER", "value": "efa"} in container["env"]
+
+
+def app_contexts(args: list[str]) -> list[list[str]]:
+    """mpirun's per-rank app contexts (`-n 1 tritonserver ...`), split at its ':' separators."""
+    assert args[0] == "--allow-run-as-root" and args[-1] == ":"
+    contexts: list[list[str]] = [[]]
+    for arg in args[1:-1]:
+        if arg == ":":
+            contexts.append([])
+        else:
+            contexts[-1].append(arg)
+    return contexts
+
+
+def test_multi_gpu_engine_runs_one_tritonserver_per_gpu_under_mpirun() -> None:
+    engine = {**ENGINE, "tensor_parallel": 2, "pipeline_parallel": 2}
+    pod = by_kind(objects_for(engine))["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"][GPU_RESOURCE] == "4"
+    assert container["command"] == ["mpirun"]
+    ranks = app_contexts(container["args"])
+    assert len(ranks) == 4  # the MPI world: tensor_parallel x pipeline_parallel
+    ports = {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"}
+    for rank, context in enumerate(ranks):
+        assert context[:3] == ["-n", "1", "tritonserver"]
+        assert f"--model-repository={ENGINE_REPOSITORY_PATH}" in context
+        assert "--disable-auto-complete-config" in context and ports <= set(context)
+        # Each rank's python backend stubs get their own /dev/shm regions.
+        assert context[-1] == f"--backend-config=python,shm-region-prefix-name=prefix{rank}_"
+        # Rank 0 serves every model; the others only run their shard of the engine.
+        explicit = ["--model-control-mode=explicit", "--load-model=tensorrt_llm"]
+        assert all(arg in context for arg in explicit) == (rank > 0)
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": 8000,
+        "grpc": 8001,
+        "metrics": 8002,
+    }
+    validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod})
+
+
+def test_multi_gpu_llmapi_runs_one_tritonserver_under_mpirun_that_spawns_the_workers() -> None:
+    pod = by_kind(objects_for(LLMAPI))["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert LLMAPI["tensor_parallel"] == 2 and container["resources"]["limits"][GPU_RESOURCE] == "2"
+    assert container["command"] == ["mpirun"]
+    (rank0,) = app_contexts(container["args"])  # world size 1: the LLM API spawns its 2 workers
+    assert rank0[:3] == ["-n", "1", "tritonserver"]
+    assert rank0[-1] == "--backend-config=python,shm-region-prefix-name=prefix0_"
+    assert not any(arg.startswith("--load-model") for arg in rank0)
+    assert "TRTLLM_ORCHESTRATOR" not in {env["name"] for env in container.get("env", [])}
+
+
+@pytest.mark.parametrize("metadata", [{**LLMAPI, "tensor_parallel": 1}, HF], ids=["llmapi-1-gpu", "hf"])
+def test_single_gpu_repositories_run_tritonserver_directly(metadata: dict[str, Any]) -> None:
+    (container,) = by_kind(objects_for(metadata))["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["tritonserver"]
+    assert not any("shm-region-prefix-name" in arg for arg in container["args"])
 
 
 def test_s3_credentials_only_by_secret_reference() -> None:
