@@ -101,8 +101,9 @@ class BuildConfig(BaseModel):
     max_batch_size: int = Field(
         default=8,
         ge=0,
-        description="Largest batch: Triton's max_batch_size and, for TensorRT-LLM, the engine's / LLM's "
-        "(at least 1 there); 0 disables batching (hf only).",
+        description="Largest batch: hf: Triton's max_batch_size (rows per batch; 0 disables batching); "
+        "TensorRT-LLM: requests batched in flight, the engine's / LLM's max_batch_size (at least 1; "
+        "each request carries one prompt, see components/build/README.md, Batching behaviour).",
     )
     instance_count: int = Field(
         default=1, ge=1, description="hf: model instances Triton runs (per GPU on GPUs)."

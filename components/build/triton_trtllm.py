@@ -12,8 +12,10 @@ tensorrtllm_backend's all_models/inflight_batcher_llm, so its docs and tools app
     postprocessing/config.pbtxt        python backend: detokenizer
     postprocessing/1/model.py, llmft_triton_utils.py, tokenizer/
 
-Clients call the ensemble exactly as the hf mode's model: `text_input`, optional
-`max_tokens` and `temperature` (plus `stream` in decoupled mode) -> `text_output`.
+Clients call the ensemble with the hf mode's tensors: `text_input`, optional `max_tokens`
+and `temperature` (plus `stream` in decoupled mode) -> `text_output`, one prompt per request
+(the ensemble's max_batch_size is 1, see ENSEMBLE_MAX_BATCH_SIZE); concurrent requests are
+batched in flight by the engine, up to `max_batch_size` of them.
 Every config.pbtxt is generated from typed settings; the parameter names are those the
 tensorrtllm backend reads (see its model_instance_state.cc / docs/model_config.md).
 """
@@ -55,6 +57,19 @@ _HERE = Path(__file__).parent
 PREPROCESSING_FILE = _HERE / "trtllm_preprocessing_model.py"
 POSTPROCESSING_FILE = _HERE / "trtllm_postprocessing_model.py"
 
+# The ensemble, the model clients call, takes one prompt per request ([1, 1] tensors), so
+# Triton itself refuses a request of more rows, with its own message naming the model. Why:
+# the tensorrtllm backend makes one executor request per row of a Triton request and, unless
+# decoupled, throws "Batch size > 1 requires the tensorrt_llm backend to be using decoupled
+# transaction policy" (createRequestsFromInputTensors in TensorRT-LLM's triton_backend/
+# inflight_batcher_llm/src/utils.cc, read at commit 1929081; tensorrtllm_backend r26.04 to
+# r26.07 build the backend from that directory of the TensorRT-LLM submodule they pin);
+# decoupled, it answers each row in a response of its own tagged with `batch_index`, not the
+# one response per request the hf mode gives. Throughput does not depend on it: the engine
+# batches concurrent single-row requests in flight, up to max_batch_size of them, and the
+# composing models keep max_batch_size so Triton hands the backend that many at once.
+ENSEMBLE_MAX_BATCH_SIZE = 1
+
 
 class EnsembleSettings(BaseModel):
     """Everything the four config.pbtxt files of the ensemble say."""
@@ -62,7 +77,11 @@ class EnsembleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model_name: str = Field(description="Name of the ensemble: the model clients call.")
-    max_batch_size: int = Field(ge=1, description="Triton max_batch_size of every model (the engine's too).")
+    max_batch_size: int = Field(
+        ge=1,
+        description="Requests batched in flight: the engine's max_batch_size and Triton's max_batch_size "
+        "of the composing models (the ensemble takes one prompt per request).",
+    )
     max_new_tokens: int = Field(ge=1, description="Output length of requests without max_tokens.")
     max_input_len: int = Field(ge=1, description="Longest prompt the engine takes (preprocessing checks it).")
     max_seq_len: int = Field(ge=2, description="Longest prompt + output (preprocessing checks it).")
@@ -181,7 +200,7 @@ def ensemble_config(settings: EnsembleSettings) -> dict[str, Any]:
     return {
         "name": settings.model_name,
         "platform": "ensemble",
-        "max_batch_size": settings.max_batch_size,
+        "max_batch_size": ENSEMBLE_MAX_BATCH_SIZE,
         "input": tensors(request_inputs(settings.triton.decoupled), is_input=True),
         "output": tensors(ENSEMBLE_OUTPUTS, is_input=False),
         "ensemble_scheduling": {"step": steps},

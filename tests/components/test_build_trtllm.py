@@ -499,7 +499,8 @@ def test_ensemble_configs_parse_and_fit_together(decoupled):
     check_ensemble(configs, "llm")
 
     ensemble = configs["llm"]
-    assert (ensemble.platform, ensemble.max_batch_size) == ("ensemble", 16)
+    # One prompt per request (see test_batched_requests_stop_at_the_ensemble); 16 in flight.
+    assert (ensemble.platform, ensemble.max_batch_size) == ("ensemble", 1)
     assert [step.model_name for step in ensemble.ensemble_scheduling.step] == [
         "preprocessing",
         "tensorrt_llm",
@@ -545,6 +546,40 @@ def test_ensemble_configs_parse_and_fit_together(decoupled):
     pre = string_params(configs["preprocessing"])
     assert (pre["prompt_template"], pre["max_new_tokens"]) == (PROMPT_TEMPLATE, "32")
     assert (pre["max_input_len"], pre["max_seq_len"]) == ("512", "1024")
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_batched_requests_stop_at_the_ensemble(decoupled):
+    """A request of more than one row must be refused by Triton at the ensemble, not by the backend.
+
+    Upstream's tensorrtllm backend throws "Batch size > 1 requires the tensorrt_llm backend to be
+    using decoupled transaction policy" for such a request (createRequestsFromInputTensors,
+    TensorRT-LLM triton_backend/inflight_batcher_llm/src/utils.cc) and, decoupled, answers each row
+    in a response of its own: neither is the hf mode's one answer per request. In-flight batching of
+    concurrent single-row requests needs only the composing models' and the engine's batch size.
+    """
+    configs = parsed(ensemble_settings(decoupled=decoupled))
+    ensemble = configs["llm"]
+    # max_batch_size 1 is Triton's own limit on rows per request: [1, 1] passes, [2, 1] is refused.
+    assert ensemble.max_batch_size == 1
+    for name in ("preprocessing", "tensorrt_llm", "postprocessing"):
+        # Triton loads an ensemble only if no composing model takes fewer rows than it does.
+        assert configs[name].max_batch_size == 16 >= ensemble.max_batch_size, name
+    trtllm = configs["tensorrt_llm"]
+    assert list(trtllm.dynamic_batching.preferred_batch_size) == [16]
+    # Every tensor a client sends carries the batch dimension the ensemble declares.
+    assert all(list(tensor.dims) == [1] for tensor in ensemble.input)
+
+
+def test_engine_build_serves_one_prompt_per_request_over_a_batching_engine(tiny_model, tmp_path, fake_trtllm):
+    fake = fake_trtllm()
+    output = tmp_path / "repository"
+    build(engine_config(tiny_model, output, max_batch_size=16))
+    ensemble = parse_config((output / "llm" / "config.pbtxt").read_text(encoding="utf-8"))
+    trtllm = parse_config((output / "tensorrt_llm" / "config.pbtxt").read_text(encoding="utf-8"))
+    assert (ensemble.max_batch_size, trtllm.max_batch_size) == (1, 16)
+    assert trtllm.model_transaction_policy.decoupled is False
+    assert dict(fake.calls)["BuildConfig"]["max_batch_size"] == 16
 
 
 def test_ensemble_settings_reach_the_configs():
