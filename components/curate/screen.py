@@ -18,6 +18,7 @@ import gc
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 from collections import Counter, deque
@@ -469,10 +470,33 @@ class ScreenPool:
     def __enter__(self) -> ScreenPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if self._pool is None:
+            return
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt | SystemExit):
+            self._abandon()
+            return
+        self._pool.terminate()
+        self._pool.join()
+
+    def _abandon(self) -> None:
+        """Kill the workers and leave the pool's handler threads (daemons) blocked.
+
+        A signal sent to the whole process group (a terminal's Ctrl-C, a pod's SIGTERM) may
+        have killed a worker while it held the result queue's write lock: Pool.terminate puts a
+        sentinel through that queue and would wait for the lock forever (CPython's Pool cannot
+        recover a lock held by a dead worker, gh-66587). So the workers are killed here and the
+        pool's own finalizer, which would run the same terminate at exit, is cancelled.
+        """
+        # CPython's Pool internals: stop the thread that replaces dead workers, then kill them.
+        self._pool._worker_handler._state = multiprocessing.pool.TERMINATE
+        self._pool._worker_handler.join(timeout=5)
+        workers = list(self._pool._pool)
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join(timeout=5)
+        self._pool._terminate.cancel()  # the multiprocessing.util.Finalize that Pool.terminate calls
 
     def map(self, blocks: Iterable[tuple[str, Block]]) -> Iterator[tuple[str, Block, ScreenedChunk]]:
         """Each (source URI, block) with its outcome, in order.

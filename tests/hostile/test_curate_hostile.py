@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +180,25 @@ def _big_input(path: Path, lines: int) -> Path:
     return path
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_curate() -> Iterator[None]:
+    """A test that fails midway must not leave its curate (and curate's workers) running."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=EXIT_WAIT)
+
+
 def _start_curate(source: Path, out: Path, tmp: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
     command = [sys.executable, "-m", "pipelines.cli", "curate", "--input", str(source), "--output", str(out)]
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [*command, *extra],
         cwd=ROOT,
         env=env,
@@ -189,6 +206,8 @@ def _start_curate(source: Path, out: Path, tmp: Path, *extra: str) -> subprocess
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
+    _STARTED.append(process)
+    return process
 
 
 def _wait_for(condition, process: subprocess.Popen[bytes], what: str) -> None:  # type: ignore[no-untyped-def]
