@@ -82,6 +82,12 @@ def build_pipeline(
         expose_run_id(task)
         return apply_profile(task, profiles.for_step(profile))
 
+    def cached_task(op, inputs: dict, step: str, profile: str, display_name: str) -> dsl.PipelineTask:
+        """One of a step's alternative tasks (under dsl.If/Else): same inputs, its own profile."""
+        return configure(
+            op(**inputs), profile, display_name, cache=True, retries=network_retries, image_step=step
+        )
+
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="LoRA fine-tuning of an LLM: curate, train, evaluate with a deployment gate, "
@@ -304,28 +310,22 @@ def build_pipeline(
                 **tracking,
             )
 
-            def train_task(profile: str, display_name: str) -> dsl.PipelineTask:
-                return configure(
-                    train_op(**train_inputs),
-                    profile,
-                    display_name,
-                    cache=True,
-                    retries=network_retries,
-                    image_step="train",
-                )
-
             if profiles.train.gpus > 0:
                 # KFP fixes a task's resources at compile time: the multi-node launcher, which only
                 # watches the PyTorchJob, must not hold a GPU node the job's pods are waiting for.
                 with dsl.If(num_nodes > 1, name="Several nodes"):
-                    launcher = train_task("train_launcher", "LoRA fine-tune (PyTorchJob)")
+                    launcher = cached_task(
+                        train_op, train_inputs, "train", "train_launcher", "LoRA fine-tune (PyTorchJob)"
+                    )
                 with dsl.Else(name="One node"):
-                    in_pod = train_task("train", "LoRA fine-tune")
+                    in_pod = cached_task(train_op, train_inputs, "train", "train", "LoRA fine-tune")
                 adapter = dsl.OneOf(launcher.outputs["adapter"], in_pod.outputs["adapter"])
             else:
                 # No GPU to leave idle (the cpu preset, `llmft local`): one task, which kfp.local can run
                 # (it does not run artifact OneOf).
-                adapter = train_task("train", "LoRA fine-tune").outputs["adapter"]
+                adapter = cached_task(train_op, train_inputs, "train", "train", "LoRA fine-tune").outputs[
+                    "adapter"
+                ]
 
             evaluate = configure(
                 evaluate_op(
@@ -381,25 +381,21 @@ def build_pipeline(
                     **tracking,
                 )
 
-                def build_task(profile: str, display_name: str) -> dsl.PipelineTask:
-                    return configure(
-                        build_op(**build_inputs),
-                        profile,
-                        display_name,
-                        cache=True,
-                        retries=network_retries,
-                        image_step="build",
-                    )
-
                 if profiles.build.gpus > 0:
                     # Only the engine build runs on a GPU; the other modes write configuration files.
                     with dsl.If(serving_mode == "trtllm-engine", name="Engine build"):
-                        engine = build_task("build", "Build TensorRT-LLM engine")
+                        engine = cached_task(
+                            build_op, build_inputs, "build", "build", "Build TensorRT-LLM engine"
+                        )
                     with dsl.Else(name="No engine"):
-                        files = build_task("build_repository", "Build model repository")
+                        files = cached_task(
+                            build_op, build_inputs, "build", "build_repository", "Build model repository"
+                        )
                     repository = dsl.OneOf(engine.outputs["repository"], files.outputs["repository"])
                 else:
-                    repository = build_task("build", "Build model repository").outputs["repository"]
+                    repository = cached_task(
+                        build_op, build_inputs, "build", "build", "Build model repository"
+                    ).outputs["repository"]
                 configure(
                     rollout_op(
                         repository=repository,
